@@ -1,0 +1,38 @@
+# The two commands of the README: `make repro` (whole default pipeline) and `make test` (test suite).
+# Both create or update the same virtual environment first; re-running them is safe.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.hardmask-installed
+PYTEST_ARGS ?=
+
+.PHONY: repro test test-all lint env clean-env mlflow-ui bench
+
+env: $(STAMP)
+
+# Reinstall only when the declared dependencies change.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $@
+
+# dvc runs the stage commands (`python stages/...`) with the environment's python first on PATH.
+repro: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+
+test: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src stages tests
+	$(BIN)/ruff format --check src stages tests
+
+bench: $(STAMP)
+	$(BIN)/python -m hardmask.bench
+
+mlflow-ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
+
+clean-env:
+	rm -rf $(VENV)

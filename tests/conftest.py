@@ -1,0 +1,56 @@
+"""Shared fixtures: compose the real params.yaml and shrink it, so tests exercise the real schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hardmask.config import Config, config_from_dict, deep_merge, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A configuration small enough for a CPU test: a few hundred 32 px images, a 2-block ViT, 2 epochs.
+TINY_OVERRIDES = {
+    "data": {
+        "image_size": 32,
+        "synthetic": {"image_size": 32, "n_train": 128, "n_val": 64, "n_test": 64, "n_ood": 32},
+        "loader": {"batch_size": 16, "eval_batch_size": 64, "num_workers": 0, "pin_memory": False},
+    },
+    "model": {"backbone": {"kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}}, "num_parts": 2},
+    "optim": {"epochs": 2, "warmup_epochs": 0.0, "reference_batch_size": 16},
+    "train": {"variants": ["two_stage_hard"], "seeds": [0], "checkpoint_every_steps": 2, "log_every_steps": 1},
+    "cluster": {"executor": "debug"},
+}
+
+
+def make_tiny_config(tmp_path: Path, **sections: dict) -> Config:
+    """The real params.yaml, shrunk by TINY_OVERRIDES, with every output under ``tmp_path``."""
+    base = load_config(REPO / "params.yaml").dump()
+    paths = {
+        "base": {
+            "data_dir": str(tmp_path / "data"),
+            "runs_dir": str(tmp_path / "runs"),
+            "reports_dir": str(tmp_path / "reports"),
+            "device": "cpu",
+        },
+        "cluster": {"logs_dir": str(tmp_path / "logs")},
+        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+    }
+    merged = deep_merge(deep_merge(deep_merge(base, TINY_OVERRIDES), paths), sections)
+    return config_from_dict(merged, source="tiny test config")
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path: Path) -> Config:
+    return make_tiny_config(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    # Two cores on CI: keep intra-op threads low so parallel helpers (DataLoader, subprocesses) don't thrash.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(min(previous, 2))
+    yield
+    torch.set_num_threads(previous)
