@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,15 @@ TINY_OVERRIDES = {
 }
 
 
+def _fresh_mlflow_store(tmp_path: Path) -> str:
+    """A migrated empty MLflow store in ``tmp_path`` (copying one template per session saves ~10 s a test)."""
+    from tests.tracking.store import create_template, fresh_store
+
+    template_dir = Path(tempfile.gettempdir()) / f"hardmask-mlflow-template-{os.getpid()}"
+    template_dir.mkdir(exist_ok=True)
+    return fresh_store(create_template(template_dir), tmp_path)
+
+
 def make_tiny_config(tmp_path: Path, **sections: dict) -> Config:
     """The real params.yaml, shrunk by TINY_OVERRIDES, with every output under ``tmp_path``."""
     base = load_config(REPO / "params.yaml").dump()
@@ -36,7 +47,7 @@ def make_tiny_config(tmp_path: Path, **sections: dict) -> Config:
             "device": "cpu",
         },
         "cluster": {"logs_dir": str(tmp_path / "logs")},
-        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        "tracking": {"uri": _fresh_mlflow_store(tmp_path)},
     }
     merged = deep_merge(deep_merge(deep_merge(base, TINY_OVERRIDES), paths), sections)
     return config_from_dict(merged, source="tiny test config")

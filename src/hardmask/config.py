@@ -76,6 +76,9 @@ class AugmentSection(Section):
     translate: float = Field(0.05, ge=0, le=0.5)
     scale: tuple[float, float] = (0.9, 1.1)
     color_jitter: float = Field(0.1, ge=0, le=1)
+    planckian_jitter: float = Field(
+        0.0, ge=0, le=1, description="Probability of PlanckianJitter (blackbody), as the reference's cub_original."
+    )
 
 
 class LoaderSection(Section):
@@ -95,6 +98,7 @@ class DataSection(Section):
     mask_dir: str | None = Field(None, description="Optional directory of ground-truth foreground masks.")
     in9_mapping: str | None = Field(None, description="Path of in_to_in9.json for ImageNet-9 evaluation.")
     metashift_val_fraction: float = Field(0.2, gt=0, lt=1, description="Share of MetaShift test carved as val.")
+    cub_val_fraction: float = Field(0.1, gt=0, lt=1, description="Share of CUB train held out as val (per class).")
     synthetic: SyntheticSection = SyntheticSection()
     augment: AugmentSection = AugmentSection()
     loader: LoaderSection = LoaderSection()

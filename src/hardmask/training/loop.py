@@ -326,7 +326,7 @@ def train(cfg: Config, variant: str, seed: int, run_dir: str | Path, dist: DistC
                     updated = True
                 else:
                     updated = False
-                terms = {"loss": float(losses.total), **{k: float(v) for k, v in losses.terms.items()}}
+                terms = {"loss": float(losses.total.detach()), **{k: float(v.detach()) for k, v in losses.terms.items()}}
                 state.epoch_batches += 1
                 state.epoch_seen += labels.numel()
                 state.epoch_correct += int((out.logits.argmax(-1) == labels).sum())
@@ -339,7 +339,7 @@ def train(cfg: Config, variant: str, seed: int, run_dir: str | Path, dist: DistC
                 if updated and state.global_step % cfg.train.checkpoint_every_steps == 0:
                     checkpoint(last_path)
                 progress.update(state.epoch * sampler.batches_per_epoch + state.batch_in_epoch, total_batches,
-                                {"loss": float(losses.total)})
+                                {"loss": terms["loss"]})
             epoch_seconds = time.perf_counter() - t_epoch
             seen = state.epoch_seen
             images_seen += seen * dist.world_size

@@ -1,0 +1,24 @@
+"""Job submission through submitit: executors from the config, the resumable training job, job arrays."""
+
+from hardmask.cluster.executor import ClusterSetupError, make_executor
+from hardmask.cluster.job import (
+    DEFAULT_TARGET,
+    JobFailure,
+    SubmissionError,
+    TrainingJobsFailed,
+    TrainJob,
+    run_dir_for,
+    submit_training,
+)
+
+__all__ = [
+    "DEFAULT_TARGET",
+    "ClusterSetupError",
+    "JobFailure",
+    "SubmissionError",
+    "TrainJob",
+    "TrainingJobsFailed",
+    "make_executor",
+    "run_dir_for",
+    "submit_training",
+]

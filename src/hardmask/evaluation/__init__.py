@@ -1,0 +1,9 @@
+"""Evaluation of trained runs (method spec §4.2, §6, §7, §10.3-10.6).
+
+- :mod:`~hardmask.evaluation.metrics`: pure metric functions (accuracies, worst-group, adjusted average,
+  BG-gap, AUROC, foreground IoU, NMI/ARI, foreground fraction);
+- :mod:`~hardmask.evaluation.interventions`: part thresholds, leave-one-part-out, part removal, selection;
+- :mod:`~hardmask.evaluation.inference`: one deterministic pass over a split under several interventions;
+- :mod:`~hardmask.evaluation.runner`: ``evaluate_run`` / ``evaluate_all`` (tidy rows, per-run files, MLflow);
+- :mod:`~hardmask.evaluation.tidy`: the tidy table's conventions and ``summarize`` (reports/metrics.json).
+"""

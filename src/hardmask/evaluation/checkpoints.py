@@ -1,0 +1,99 @@
+"""Rebuild a trained model from its run directory for evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hardmask.config import Config, config_from_dict
+
+
+class EvaluationError(RuntimeError):
+    """A run cannot be evaluated (missing checkpoint, mismatched config); the message names the file."""
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    model: nn.Module  # on its device, in eval mode
+    variant: str
+    seed: int
+    checkpoint: str  # "best" | "last"
+    train_cfg: Config  # the resolved config the run was trained with
+    train_run_id: str | None  # MLflow id of the training run
+
+
+def resolve_device(cfg: Config) -> torch.device:
+    if cfg.base.device == "cuda" or (cfg.base.device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
+    """The dtype of ``torch.autocast`` for evaluation forwards; None = float32 (always on CPU: exact)."""
+    if device.type != "cuda" or cfg.optim.amp == "off":
+        return None
+    return torch.float16 if cfg.optim.amp == "fp16" else torch.bfloat16
+
+
+def checkpoint_weights(ckpt: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
+    """The weights to evaluate: the EMA copy where ``last.pt`` carries one (``best.pt`` already stores it)."""
+    ema = ckpt.get("ema")
+    if ema:
+        return {key.removeprefix("module."): value for key, value in ema.items()}
+    return ckpt["model"]
+
+
+def load_run(cfg: Config, run_dir: Path, which: str, num_classes: int, device: torch.device) -> LoadedRun:
+    """The model of ``run_dir/checkpoints/<which>.pt``, built from the config stored in the checkpoint.
+
+    ``model.stochastic_eval`` is an evaluation choice and comes from ``cfg``; everything else about the model
+    comes from training. The data the model is evaluated on must match what it was trained on.
+    """
+    from hardmask.models import build_model
+    from hardmask.training.checkpoint import load_checkpoint
+
+    path = run_dir / "checkpoints" / f"{which}.pt"
+    if not path.is_file():
+        raise EvaluationError(
+            f"{path}: checkpoint not found (train the run first or set evaluate.checkpoint)"
+        )
+    ckpt = load_checkpoint(path, map_location="cpu")
+    missing = [key for key in ("model", "variant", "seed", "config") if key not in ckpt]
+    if missing:
+        raise EvaluationError(f"{path}: not a hardmask training checkpoint (missing keys {missing})")
+    train_cfg = config_from_dict(ckpt["config"], source=f"{path} (stored config)")
+    trained_on = (train_cfg.data.dataset, train_cfg.data.image_size)
+    if trained_on != (cfg.data.dataset, cfg.data.image_size):
+        raise EvaluationError(
+            f"{path}: trained on {trained_on[0]} at {trained_on[1]} px, but the evaluation config has "
+            f"data.dataset={cfg.data.dataset}, data.image_size={cfg.data.image_size}"
+        )
+    model_cfg = train_cfg.model.model_copy(update={"stochastic_eval": cfg.model.stochastic_eval})
+    model = build_model(ckpt["variant"], model_cfg, num_classes=num_classes, image_size=cfg.data.image_size)
+    model.load_state_dict(checkpoint_weights(ckpt))
+    model.to(device).eval()
+    return LoadedRun(
+        model=model,
+        variant=str(ckpt["variant"]),
+        seed=int(ckpt["seed"]),
+        checkpoint=which,
+        train_cfg=train_cfg,
+        train_run_id=ckpt.get("mlflow_run_id"),
+    )
+
+
+def input_normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean/std the model's timm backbone expects (the rule training uses to build its datasets)."""
+    from timm.data import resolve_model_data_config
+    from timm.models import VisionTransformer
+
+    for module in model.modules():
+        if isinstance(module, VisionTransformer):
+            data_cfg = resolve_model_data_config(module)
+            return tuple(data_cfg["mean"]), tuple(data_cfg["std"])
+    return (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -1,0 +1,120 @@
+"""Baselines sharing the two-stage model's building blocks (method.md §5.2, §8).
+
+- ``baseline_vit``: one ViT fine-tuned with a class-token head (final norm -> class token -> new LayerNorm ->
+  bias-free linear head), the "DINOv2 fine-tuned" row. Its ViT is the predictor, so it takes stage 2's
+  parameter roles (lr factor, freeze flags).
+- ``stage1_only``: stage 1 alone (PDiscoFormer-style part classifier); its part-classifier logits are the
+  prediction.
+- ``oracle_mask``: stage 2 alone, given the ground-truth patch mask (the "GT-mask early masking" upper bound).
+"""
+
+from __future__ import annotations
+
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor, nn
+
+from hardmask.models.backbone import ParamRole, backbone_roles, prepare_backbone
+from hardmask.models.interventions import Interventions
+from hardmask.models.mask import oracle_patch_mask, sample_patch_mask
+from hardmask.models.outputs import ModelOutput
+from hardmask.models.stage1 import PartDiscoveryViT
+from hardmask.models.stage2 import MaskedViT
+
+
+class BaselineViT(nn.Module):
+    def __init__(self, backbone: VisionTransformer, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = prepare_backbone(backbone, "baseline_vit")
+        self.fc_norm = nn.LayerNorm(backbone.embed_dim)
+        self.head = nn.Linear(backbone.embed_dim, num_classes, bias=False)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+
+    def parameter_roles(self) -> dict[str, ParamRole]:
+        roles = backbone_roles(self.backbone, "backbone.", stage=2)
+        for module_name in ("fc_norm", "head"):
+            module = getattr(self, module_name)
+            roles.update({f"{module_name}.{n}": "stage2_head" for n, _ in module.named_parameters()})
+        return roles
+
+    def forward(
+        self, images: Tensor, fg_mask: Tensor | None = None, interventions: Interventions | None = None
+    ) -> ModelOutput:
+        del fg_mask, interventions  # no mask, no parts
+        cls = self.backbone.forward_features(images)[:, 0]  # [B,D]
+        return ModelOutput(logits=self.head(self.fc_norm(cls)))
+
+
+class Stage1OnlyModel(nn.Module):
+    """Stage 1 as a classifier. Its ``hard_mask`` is the argmax mask (fg IoU), not used by any prediction."""
+
+    def __init__(self, stage1: PartDiscoveryViT) -> None:
+        super().__init__()
+        self.stage1 = stage1
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return self.stage1.grid_size
+
+    @property
+    def num_parts(self) -> int:
+        return self.stage1.num_parts
+
+    def parameter_roles(self) -> dict[str, ParamRole]:
+        return self.stage1.parameter_roles("stage1.")
+
+    def stage1_maps(self, images: Tensor) -> Tensor:
+        return self.stage1.maps(images)
+
+    def forward(
+        self, images: Tensor, fg_mask: Tensor | None = None, interventions: Interventions | None = None
+    ) -> ModelOutput:
+        del fg_mask
+        s1 = self.stage1(images, interventions)
+        mask = sample_patch_mask(
+            s1.part_logits, tau=self.stage1.tau, part_dropout=0.0, training=self.training,
+            stochastic=self.stage1.stochastic,
+        )  # fmt: skip
+        return ModelOutput(
+            logits=s1.logits,
+            stage1_logits=s1.logits,
+            part_maps=s1.part_maps,
+            part_logits=s1.part_logits,
+            part_sims=s1.part_sims,
+            hard_mask=mask.hard,
+            soft_mask=mask.soft,
+            part_features=s1.part_features,
+        )
+
+
+class OracleMaskModel(nn.Module):
+    """Stage 2 given the ground truth: a patch is foreground when ``>= patch_threshold`` of its pixels are."""
+
+    def __init__(self, stage2: MaskedViT, patch_threshold: float = 0.5) -> None:
+        super().__init__()
+        self.stage2 = stage2
+        self.patch_threshold = patch_threshold
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return tuple(self.stage2.backbone.patch_embed.grid_size)
+
+    def parameter_roles(self) -> dict[str, ParamRole]:
+        return self.stage2.parameter_roles("stage2.")
+
+    def forward(
+        self, images: Tensor, fg_mask: Tensor | None = None, interventions: Interventions | None = None
+    ) -> ModelOutput:
+        del interventions
+        if fg_mask is None:
+            raise ValueError(
+                "oracle_mask: the model needs the ground-truth pixel mask: call model(images, fg_mask=...)"
+            )
+        if fg_mask.shape[-2:] != images.shape[-2:]:
+            raise ValueError(
+                f"oracle_mask: fg_mask of shape {tuple(fg_mask.shape)} does not match "
+                f"images of shape {tuple(images.shape)}"
+            )
+        patch_size = tuple(self.stage2.backbone.patch_embed.patch_size)
+        mask = oracle_patch_mask(fg_mask, patch_size, self.patch_threshold)  # [B,h*w]
+        logits = self.stage2(images, mask)
+        return ModelOutput(logits=logits, hard_mask=mask)

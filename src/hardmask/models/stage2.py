@@ -1,0 +1,174 @@
+"""Stage 2: a second ViT whose every block attends only to the prefix tokens and the foreground tokens (§1.4).
+
+Execution paths (all give the class token the same value for a hard mask; tests hold them to float tolerance):
+
+- ``dense`` (the reference): all tokens stay in the sequence; a boolean key mask [B,1,1,N] (prefix +
+  foreground = True) goes through timm's native ``attn_mask`` in every block. Background tokens are still
+  processed as queries but no token ever attends to them.
+- ``packed`` (§10.9, the fast path, training and evaluation): positions are added first, then each image's
+  prefix + foreground tokens are gathered (in sequence order) and padded to the batch's largest kept count;
+  the padding slots are masked as keys. Nothing attends to a dropped token in either path, so dropping them is
+  exact.
+- soft masks (ablation): additive bias ``log(m + 1e-10)`` on the keys, dense only (every token keeps a
+  weight).
+- straight-through (``mask_grad: ste``, §10.1): dense, non-fused attention. The attention probabilities are
+  the hard-masked softmax plus ``r - r.detach()`` where ``r = renorm(softmax(scores) * m_ste)``: the forward
+  value is exactly the hard-masked attention, the scores get the exact gradient, and the mask gets the
+  surrogate gradient of "multiply the attention weights by m_ste and renormalise" (non-zero for kept and
+  dropped keys alike).
+
+The prefix tokens are always attendable, so an image with an empty foreground still has a well-defined output.
+Head: final norm -> class token -> new ``fc_norm`` LayerNorm -> bias-free linear head (trunc-normal 0.02).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from timm.layers import Attention
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import Tensor, nn
+
+from hardmask.models.backbone import (
+    BackboneError,
+    ParamRole,
+    attention_dtype,
+    backbone_roles,
+    embed_tokens,
+    prepare_backbone,
+    run_blocks,
+)
+
+Stage2Impl = Literal["packed", "dense"]
+SOFT_MASK_EPS = 1e-10  # the reference's log(m + 1e-10): about -23 for a zero mask
+
+
+class MaskedViT(nn.Module):
+    """Stage 2 (also the oracle-mask model's network)."""
+
+    def __init__(self, backbone: VisionTransformer, num_classes: int, *, impl: Stage2Impl = "packed") -> None:
+        super().__init__()
+        if impl not in ("packed", "dense"):
+            raise ValueError(f"model.stage2_impl: expected 'packed' or 'dense', got {impl!r}")
+        self.backbone = prepare_backbone(backbone, "stage 2")
+        dim = backbone.embed_dim
+        self.impl: Stage2Impl = impl  # mutable on purpose: benchmarks and tests switch paths on one model
+        self.fc_norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes, bias=False)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return self.backbone.num_prefix_tokens
+
+    def parameter_roles(self, prefix: str = "") -> dict[str, ParamRole]:
+        roles = backbone_roles(self.backbone, prefix + "backbone.", stage=2)
+        for module_name in ("fc_norm", "head"):
+            module = getattr(self, module_name)
+            roles.update({f"{prefix}{module_name}.{n}": "stage2_head" for n, _ in module.named_parameters()})
+        return roles
+
+    # ------------------------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        images: Tensor,
+        hard_mask: Tensor | None = None,
+        *,
+        soft_mask: Tensor | None = None,
+        ste_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Logits [B,C] of ``images`` [B,3,H,W] seen through a patch mask [B,h*w].
+
+        Exactly one of ``hard_mask`` (bool, True = foreground) and ``soft_mask`` (float in [0,1]) is given.
+        ``ste_mask`` (value == hard_mask, with a gradient) selects the straight-through path while grad is
+        enabled.
+        """
+        if (hard_mask is None) == (soft_mask is None):
+            raise ValueError("stage 2: pass exactly one of hard_mask and soft_mask")
+        tokens = embed_tokens(self.backbone, images)  # [B,P+h*w,D], positions already added
+        patch_mask = hard_mask if hard_mask is not None else soft_mask
+        expected = tokens.shape[1] - self.num_prefix_tokens
+        if patch_mask.shape != (tokens.shape[0], expected):
+            raise ValueError(
+                f"stage 2: patch mask of shape {tuple(patch_mask.shape)} does not match the token grid "
+                f"(expected [{tokens.shape[0]}, {expected}])"
+            )
+        if soft_mask is not None:
+            tokens = self._forward_soft(tokens, soft_mask)
+        elif ste_mask is not None and torch.is_grad_enabled():
+            tokens = self._forward_straight_through(tokens, hard_mask, ste_mask)
+        elif self.impl == "dense":
+            tokens = self._forward_dense(tokens, hard_mask)
+        else:
+            tokens = self._forward_packed(tokens, hard_mask)
+        return self.head(self.fc_norm(tokens[:, 0]))  # class token is the first prefix token
+
+    def _with_prefix(self, patch_values: Tensor, prefix_value: float | bool) -> Tensor:
+        """[B,h*w] -> [B,P+h*w] with the prefix tokens set to ``prefix_value`` (always attendable)."""
+        prefix = patch_values.new_full((patch_values.shape[0], self.num_prefix_tokens), prefix_value)
+        return torch.cat([prefix, patch_values], dim=1)
+
+    def _forward_dense(self, tokens: Tensor, hard_mask: Tensor) -> Tensor:
+        key_mask = self._with_prefix(hard_mask.bool(), True)[:, None, None, :]  # [B,1,1,N], True = attend
+        return run_blocks(self.backbone, tokens, key_mask)
+
+    def _forward_packed(self, tokens: Tensor, hard_mask: Tensor) -> Tensor:
+        keep = self._with_prefix(hard_mask.bool(), True)  # [B,N]
+        kept_counts = keep.sum(dim=1)  # [B]
+        length, shortest = torch.stack([kept_counts.max(), kept_counts.min()]).tolist()  # one host sync
+        # a stable sort on "dropped?" lists the kept tokens first, in sequence order (class token first)
+        order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :length]  # [B,L]
+        packed = tokens.gather(1, order[..., None].expand(-1, -1, tokens.shape[-1]))  # [B,L,D]
+        if shortest == length:
+            return run_blocks(self.backbone, packed)  # no padding anywhere: plain (fastest) attention
+        # slots past an image's kept count hold dropped tokens; they are masked as keys
+        valid = torch.arange(length, device=tokens.device)[None, :] < kept_counts[:, None]  # [B,L]
+        return run_blocks(self.backbone, packed, valid[:, None, None, :])
+
+    def _forward_soft(self, tokens: Tensor, soft_mask: Tensor) -> Tensor:
+        weights = self._with_prefix(soft_mask, 1.0)  # [B,N]
+        bias = torch.log(weights + SOFT_MASK_EPS).to(attention_dtype(tokens))[:, None, None, :]  # [B,1,1,N]
+        return run_blocks(self.backbone, tokens, bias)
+
+    def _forward_straight_through(self, tokens: Tensor, hard_mask: Tensor, ste_mask: Tensor) -> Tensor:
+        key_keep = self._with_prefix(hard_mask.bool(), True)  # [B,N]
+        key_weight = self._with_prefix(ste_mask, 1.0)  # [B,N], value == key_keep
+        for block in self.backbone.blocks:
+            tokens = _straight_through_block(block, tokens, key_keep, key_weight)
+        return self.backbone.norm(tokens)
+
+
+def _straight_through_block(block: nn.Module, x: Tensor, key_keep: Tensor, key_weight: Tensor) -> Tensor:
+    """timm ``Block.forward`` with the attention replaced by :func:`_straight_through_attention`."""
+    if type(block) is not Block or not isinstance(block.attn, Attention):
+        raise BackboneError(
+            f"model.mask_grad=ste needs timm's standard Block/Attention, got {type(block).__name__}/"
+            f"{type(getattr(block, 'attn', None)).__name__}; use mask_grad=none with this backbone"
+        )
+    x = x + block.drop_path1(
+        block.ls1(_straight_through_attention(block.attn, block.norm1(x), key_keep, key_weight))
+    )
+    return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+
+
+def _straight_through_attention(attn: Attention, x: Tensor, key_keep: Tensor, key_weight: Tensor) -> Tensor:
+    """timm ``Attention.forward`` (non-fused) with hard key masking and a straight-through mask gradient."""
+    batch, length, _ = x.shape
+    gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
+    qkv = attn.qkv(x).reshape(batch, length, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)  # [B,H,N,d] each
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    scores = (q * attn.scale) @ k.transpose(-2, -1)  # [B,H,N,N]
+    masked_scores = scores.masked_fill(~key_keep[:, None, None, :], float("-inf"))  # exact hard masking
+    probs = masked_scores.softmax(dim=-1)
+    # surrogate r = renorm(softmax(scores) * m_ste); scores detached so they keep exactly the masked gradient
+    weighted = scores.detach().softmax(dim=-1) * key_weight[:, None, None, :].to(scores.dtype)
+    surrogate = weighted / weighted.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(scores.dtype).tiny)
+    probs = probs + (surrogate - surrogate.detach())  # + exact zero in the forward pass
+    out = attn.attn_drop(probs) @ v  # [B,H,N,d]
+    out = out.transpose(1, 2).reshape(batch, length, attn.num_heads * attn.head_dim)
+    out = getattr(attn, "norm", nn.Identity())(out)
+    if gate is not None:
+        out = out * gate
+    return attn.proj_drop(attn.proj(out))

@@ -1,0 +1,123 @@
+"""The two-stage model (iFAM): stage 1 finds the parts, stage 2 classifies through the foreground mask (§1).
+
+Data flow of one forward pass (shapes for K parts, grid h x w, D channels, C classes)::
+
+    images [B,3,H,W] -> stage 1 -> part_logits/sims/maps [B,K+1,h,w], part_features [B,D,K+1],
+                                   stage1_logits [B,C]
+    part_logits -> (interventions, eval only) -> patch mask (own Gumbel draw + part dropout in training)
+    images + mask [B,h*w] -> stage 2 (its own ViT, masked in every block) -> logits [B,C]  (the prediction)
+
+The two ViTs share no weights. ``mask_grad="none"`` (default, code-faithful) sends no gradient from stage 2 to
+stage 1; ``"ste"`` keeps the forward pass identical and adds a straight-through gradient (§10.1).
+``soft_masks`` replaces the hard mask by the max surviving foreground probability as an additive attention
+bias (ablation).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import Tensor, nn
+
+from hardmask.models.backbone import ParamRole
+from hardmask.models.interventions import Interventions
+from hardmask.models.mask import PatchMask, sample_patch_mask
+from hardmask.models.outputs import ModelOutput
+from hardmask.models.stage1 import PartDiscoveryViT
+from hardmask.models.stage2 import MaskedViT
+
+MaskGrad = Literal["none", "ste"]
+
+
+class TwoStageViT(nn.Module):
+    def __init__(
+        self,
+        stage1: PartDiscoveryViT,
+        stage2: MaskedViT,
+        *,
+        part_dropout_stage2: float = 0.3,
+        mask_grad: MaskGrad = "none",
+        soft_masks: bool = False,
+    ) -> None:
+        super().__init__()
+        if mask_grad not in ("none", "ste"):
+            raise ValueError(f"model.mask_grad: expected 'none' or 'ste', got {mask_grad!r}")
+        stage2_grid = tuple(stage2.backbone.patch_embed.grid_size)
+        if stage1.grid_size != stage2_grid:
+            raise ValueError(
+                f"stage 1 grid {stage1.grid_size} and stage 2 grid {stage2_grid} differ: "
+                "both backbones need the same image and patch size"
+            )
+        self.stage1 = stage1
+        self.stage2 = stage2
+        self.part_dropout_stage2 = part_dropout_stage2
+        self.mask_grad: MaskGrad = mask_grad
+        self.soft_masks = soft_masks
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return self.stage1.grid_size
+
+    @property
+    def num_parts(self) -> int:
+        return self.stage1.num_parts
+
+    def parameter_roles(self) -> dict[str, ParamRole]:
+        return self.stage1.parameter_roles("stage1.") | self.stage2.parameter_roles("stage2.")
+
+    def stage1_maps(self, images: Tensor) -> Tensor:
+        """Part maps [B,K+1,h,w] of ``images`` without running stage 2 (the equivariance pass, §10.10)."""
+        return self.stage1.maps(images)
+
+    def forward(
+        self,
+        images: Tensor,
+        fg_mask: Tensor | None = None,
+        interventions: Interventions | None = None,
+        *,
+        patch_mask: Tensor | None = None,
+    ) -> ModelOutput:
+        """``fg_mask`` (pixel ground truth) is ignored here; it is the oracle model's input.
+
+        ``patch_mask`` [B,h*w] replaces the stage-1 mask for stage 2 (benchmarks, faithfulness tests): bool =
+        a hard mask, float = a soft mask for the soft variant. Stage 1 still runs (its outputs feed the
+        losses).
+        """
+        del fg_mask
+        s1 = self.stage1(images, interventions)
+        mask = sample_patch_mask(
+            s1.part_logits,
+            tau=self.stage1.tau,
+            part_dropout=self.part_dropout_stage2,
+            training=self.training,
+            stochastic=self.stage1.stochastic,
+            straight_through=self.mask_grad == "ste" and not self.soft_masks,
+        )
+        if patch_mask is not None:
+            mask = _override(mask, patch_mask)
+        if self.soft_masks:
+            logits = self.stage2(images, soft_mask=mask.soft)
+        else:
+            logits = self.stage2(images, mask.hard, ste_mask=mask.ste)
+        return ModelOutput(
+            logits=logits,
+            stage1_logits=s1.logits,
+            part_maps=s1.part_maps,
+            part_logits=s1.part_logits,
+            part_sims=s1.part_sims,
+            hard_mask=mask.hard,
+            soft_mask=mask.soft,
+            part_features=s1.part_features,
+        )
+
+
+def _override(sampled: PatchMask, patch_mask: Tensor) -> PatchMask:
+    """The stage-2 mask replaced by a caller's ``patch_mask`` (no straight-through gradient)."""
+    if patch_mask.shape != sampled.hard.shape:
+        raise ValueError(
+            f"patch_mask: expected shape {tuple(sampled.hard.shape)} ([B, h*w]), "
+            f"got {tuple(patch_mask.shape)}"
+        )
+    if patch_mask.dtype == sampled.hard.dtype:  # bool: a fixed hard mask
+        return PatchMask(hard=patch_mask, soft=patch_mask.to(sampled.soft.dtype))
+    return PatchMask(hard=patch_mask > 0.5, soft=patch_mask)

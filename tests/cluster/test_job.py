@@ -1,0 +1,156 @@
+"""Training jobs on the debug (in-process) and local (subprocess) executors: arrays, errors, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import submitit
+
+from hardmask.cluster import (
+    DEFAULT_TARGET,
+    ClusterSetupError,
+    TrainingJobsFailed,
+    TrainJob,
+    make_executor,
+    submit_training,
+)
+from hardmask.cluster.job import resolve_target
+from hardmask.config import Config
+
+from ..conftest import make_tiny_config
+from .standins import STEP_SECONDS_ENV, STEPS_ENV, STOP_AFTER_ENV, SimulatedKill, expected_checksum
+
+ECHO = "tests.cluster.standins:echo_train"
+FAILING = "tests.cluster.standins:failing_train"
+COUNTING = "tests.cluster.standins:counting_train"
+
+
+def _cfg(tmp_path: Path, **cluster) -> Config:
+    return make_tiny_config(tmp_path, cluster=cluster)
+
+
+def test_default_target_is_the_training_loop():
+    from hardmask.training.loop import train
+
+    assert TrainJob().target == DEFAULT_TARGET
+    assert resolve_target(DEFAULT_TARGET) is train
+    assert isinstance(TrainJob(), submitit.helpers.Checkpointable)
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("no_colon_here", "expected 'package.module:function'"),
+        ("tests.cluster.standins:no_such_function", "cannot be imported"),
+        ("tests.cluster.standins:STEPS_ENV", "is not callable"),
+    ],
+)
+def test_bad_target_is_refused_before_submitting(tmp_path: Path, target: str, message: str):
+    with pytest.raises(ValueError, match=message):
+        submit_training(_cfg(tmp_path), [("baseline_vit", 0)], target=target)
+    assert not (tmp_path / "logs").exists()  # nothing was submitted
+
+
+def test_debug_array_returns_results_in_order_with_run_dirs(tmp_path: Path):
+    cfg = _cfg(tmp_path, executor="debug")
+    pairs = [("two_stage_hard", 1), ("baseline_vit", 0), ("baseline_vit", 2)]
+    results = submit_training(cfg, pairs, target=ECHO)
+    assert [(r.variant, r.seed) for r in results] == pairs
+    assert [r.run_dir for r in results] == [str(tmp_path / "runs" / v / f"seed{s}") for v, s in pairs]
+    assert {(r.rank, r.world_size) for r in results} == {(0, 1)}
+
+
+def test_failures_wait_for_all_jobs_and_carry_the_remote_traceback(tmp_path: Path):
+    cfg = _cfg(tmp_path, executor="local", array_parallelism=2, poll_interval_s=0.2)
+    with pytest.raises(TrainingJobsFailed) as caught:
+        submit_training(cfg, [("baseline_vit", 0), ("oracle_mask", 4)], target=FAILING)
+    message = str(caught.value)
+    assert message.startswith("2 of 2 training jobs failed:")
+    assert "=== baseline_vit/seed0 (job " in message and "=== oracle_mask/seed4 (job " in message
+    assert "Traceback" in message and "in failing_train" in message  # the frames of the job process
+    assert "ValueError: boom from the stand-in (oracle_mask/seed4)" in message
+    assert ".err" in message  # where the job's full stderr is
+    assert [(f.variant, f.seed) for f in caught.value.failures] == [("baseline_vit", 0), ("oracle_mask", 4)]
+
+
+def test_debug_failure_is_reported_without_a_debugger(tmp_path: Path):
+    # submitit's debug jobs open pdb on an exception raised through result(); submit_training must not.
+    with pytest.raises(TrainingJobsFailed, match=r"(?s)1 of 1 .*ValueError: boom from the stand-in"):
+        submit_training(_cfg(tmp_path, executor="debug"), [("baseline_vit", 0)], target=FAILING)
+
+
+def test_local_array_parallelism_one_runs_jobs_one_after_the_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv(STEP_SECONDS_ENV, "0.5")
+    cfg = _cfg(tmp_path, executor="local", array_parallelism=1, poll_interval_s=0.1)
+    first, second = submit_training(cfg, [("baseline_vit", 0), ("baseline_vit", 1)], target=ECHO)
+    assert first.pid != second.pid  # separate job processes
+    assert first.finished <= second.started
+
+
+def test_checkpoint_resubmits_the_same_call_which_resumes_from_the_run_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """What a requeue does, in-process: a killed attempt, then the DelayedSubmission from checkpoint()."""
+    cfg = _cfg(tmp_path)
+    monkeypatch.setenv(STEPS_ENV, "12")
+    monkeypatch.setenv(STOP_AFTER_ENV, "5")
+    job = TrainJob(COUNTING)
+    with pytest.raises(SimulatedKill):
+        job(cfg.dump(), "two_stage_hard", 3)
+    resubmission = job.checkpoint(cfg.dump(), "two_stage_hard", 3)
+    assert isinstance(resubmission.function, TrainJob) and resubmission.function.target == COUNTING
+    assert resubmission.args == (cfg.dump(), "two_stage_hard", 3)
+
+    monkeypatch.delenv(STOP_AFTER_ENV)
+    result = resubmission.result()
+    assert result.checksum == expected_checksum(12, seed=3)  # every step exactly once
+    assert result.start_steps == (0, 5)  # the second attempt resumed instead of starting over
+
+
+def test_slurm_executor_without_slurm_commands_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch / srun here
+    with pytest.raises(ClusterSetupError, match=r"sbatch, srun.*scripts/slurm.sh"):
+        make_executor(_cfg(tmp_path, executor="slurm").cluster, tmp_path / "logs", name="x")
+
+
+def test_local_executor_takes_tasks_and_time_limit_from_the_config(tmp_path: Path):
+    cfg = make_tiny_config(
+        tmp_path,
+        cluster={"executor": "local", "local_tasks": 2, "slurm": {"time_min": 7, "max_num_timeout": 1}},
+    )
+    executor = make_executor(cfg.cluster, tmp_path / "logs", name="x")
+    assert executor.cluster == "local"
+    parameters = executor._executor.parameters  # what the local controller is started with
+    assert (parameters["tasks_per_node"], parameters["timeout_min"], parameters["gpus_per_node"]) == (2, 7, 0)
+    assert executor._executor.max_num_timeout == 1
+
+
+@pytest.mark.slow  # two job processes importing MLflow on two cores: ~15 s
+def test_parallel_jobs_write_to_one_mlflow_store_prepared_before_submission(tmp_path: Path, mlflow_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    from hardmask.tracking import init_tracking
+
+    cfg = make_tiny_config(
+        tmp_path,
+        cluster={"executor": "local", "array_parallelism": 2, "poll_interval_s": 0.2},
+        tracking={"uri": mlflow_uri},
+        train={"variants": ["baseline_vit", "oracle_mask"], "seeds": [0]},
+    )
+    init_tracking(cfg)  # what the train stage does before submitting
+    pairs = [("baseline_vit", 0), ("oracle_mask", 0)]
+    results = submit_training(cfg, pairs, target="tests.cluster.standins:ddp_train")
+
+    client = MlflowClient(mlflow_uri)
+    experiment = [client.get_experiment_by_name(cfg.tracking.experiment).experiment_id]
+    runs = {r.info.run_id: r for r in client.search_runs(experiment, "tags.kind = 'train'")}
+    assert sorted(runs) == sorted(r.mlflow_run_id for r in results)
+    parent_runs = client.search_runs(experiment, "tags.kind = 'parent'")
+    parents = {r.data.tags["variant"]: r.info.run_id for r in parent_runs}
+    for result, (variant, _) in zip(results, pairs):
+        run = runs[result.mlflow_run_id]
+        assert run.data.tags["mlflow.parentRunId"] == parents[variant]
+        assert run.data.params["cluster.executor"] == "local"

@@ -1,0 +1,156 @@
+"""The training loop: a finished run, exact resume, SIGKILL mid-epoch, NaN and unwritable-output errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from hardmask.config import save_config
+from hardmask.data import generate_synthetic
+from hardmask.training.loop import TrainingError, train
+
+from ..conftest import REPO, make_tiny_config
+
+
+def _prepared(tmp_path: Path, **sections):
+    cfg = make_tiny_config(tmp_path, **sections)
+    generate_synthetic(cfg.data.synthetic, cfg.data_root, seed=cfg.base.seed)
+    return cfg
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    wa, wb = _weights(a / "checkpoints" / "last.pt"), _weights(b / "checkpoints" / "last.pt")
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), f"weights differ at {key}"
+    ha, hb = (pd.read_csv(p / "history.csv").drop(columns=["images_per_s"]) for p in (a, b))
+    pd.testing.assert_frame_equal(ha, hb)
+
+
+def test_train_writes_outputs(tmp_path):
+    cfg = _prepared(tmp_path)
+    run_dir = tmp_path / "runs" / "two_stage_hard" / "seed0"
+    result = train(cfg, "two_stage_hard", 0, run_dir)
+    assert result.steps == 2 * (128 // 16)
+    for name in ("config.yaml", "metrics.json", "history.csv", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (run_dir / name).is_file(), name
+    history = pd.read_csv(run_dir / "history.csv")
+    assert list(history["epoch"]) == [1, 2]
+    assert {"train_loss", "val_avg_acc", "val_worst_group_acc", "lr"} <= set(history.columns)
+    assert 0.0 <= result.best_val_worst_group_acc <= 1.0
+    assert json.loads((run_dir / "metrics.json").read_text())["variant"] == "two_stage_hard"
+
+
+def test_resume_mid_epoch_is_exact(tmp_path):
+    cfg = _prepared(tmp_path)
+    full = tmp_path / "full"
+    train(cfg, "two_stage_hard", 0, full)
+
+    # Interrupted run: stop at the checkpoint after 2 optimiser steps (mid-epoch 1), then resume to the end.
+    part = tmp_path / "part"
+    short = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"epochs": 2})})
+    import hardmask.training.loop as loop
+
+    original = loop.save_checkpoint
+
+    def save_then_stop(path, state):
+        original(path, state)
+        if Path(path).name == "last.pt" and state["loop"]["global_step"] == 2:
+            raise KeyboardInterrupt("simulated preemption")
+
+    loop.save_checkpoint = save_then_stop
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(short, "two_stage_hard", 0, part)
+    finally:
+        loop.save_checkpoint = original
+    assert torch.load(part / "checkpoints" / "last.pt", weights_only=True)["loop"]["batch_in_epoch"] == 2
+    train(cfg, "two_stage_hard", 0, part)
+    _assert_same_run(full, part)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_restart_is_exact(tmp_path):
+    cfg = _prepared(tmp_path, optim={"epochs": 3})
+    params = tmp_path / "params.yaml"
+    save_config(cfg, params)
+    full = tmp_path / "full"
+    train(cfg, "two_stage_hard", 0, full)
+
+    killed = tmp_path / "killed"
+    script = (
+        "import sys; from hardmask.config import load_config; from hardmask.training.loop import train; "
+        f"train(load_config({str(params)!r}), 'two_stage_hard', 0, {str(killed)!r})"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env)
+    last = killed / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if last.exists():
+            step = torch.load(last, weights_only=True)["loop"]
+            if step["epoch"] >= 1 and step["batch_in_epoch"] > 0:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # Whatever moment the kill hit, the checkpoint on disk is whole.
+    torch.load(last, weights_only=True)
+    train(cfg, "two_stage_hard", 0, killed)
+    _assert_same_run(full, killed)
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
+    cfg = _prepared(tmp_path, optim={"lr": 1e30, "grad_clip": 0.0, "warmup_epochs": 0.0})
+    run_dir = tmp_path / "nan"
+    with pytest.raises(TrainingError, match="non-finite loss"):
+        train(cfg, "baseline_vit", 0, run_dir)
+    last = run_dir / "checkpoints" / "last.pt"
+    if last.exists():  # a checkpoint written before the blow-up holds finite weights
+        weights = _weights(last)
+        assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+def test_unwritable_output_directory_is_a_clear_error(tmp_path):
+    cfg = _prepared(tmp_path)
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    with pytest.raises(TrainingError, match="not writable"):
+        train(cfg, "baseline_vit", 0, blocker / "run")
+
+
+def test_resume_refuses_checkpoint_of_another_run(tmp_path):
+    cfg = _prepared(tmp_path, optim={"epochs": 1})
+    run_dir = tmp_path / "r"
+    train(cfg, "baseline_vit", 0, run_dir)
+    with pytest.raises(TrainingError, match="belongs to baseline_vit"):
+        train(cfg, "two_stage_hard", 0, run_dir)
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path):
+    cfg = make_tiny_config(tmp_path)  # nothing generated
+    with pytest.raises(Exception, match=str(cfg.data_root)):
+        train(cfg, "baseline_vit", 0, tmp_path / "r")
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = _prepared(tmp_path, optim={"epochs": 1})
+    run_dir = tmp_path / "r"
+    train(cfg, "baseline_vit", 0, run_dir)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["optim"]["epochs"] == 1 and saved["data"]["image_size"] == 32
