@@ -79,6 +79,7 @@ write_config() {
     cpus="$(grep -oE 'CPUs=[0-9]+' <<<"$detected" | cut -d= -f2)"
     # A bit below the detected memory: slurmd drains a node whose configured memory exceeds what it finds.
     REAL_MEMORY=$((detected_mb * 95 / 100))
+    # Memory is consumable: a job that asks none gets this per CPU, not the whole node (which would serialise jobs).
     DEF_MEM_PER_CPU=$((REAL_MEMORY / cpus / 2))
     [[ -s $DB_PASSWORD_FILE ]] || (umask 077 && head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$DB_PASSWORD_FILE")
     DB_PASSWORD="$(<"$DB_PASSWORD_FILE")"

@@ -3,7 +3,7 @@ and a figure of samples per group.
 
 Outputs: the dataset under ``cfg.data_root`` (generated: replaced atomically, skipped when its manifest
 matches the config), ``<base.data_dir>/<dataset>/manifest.json`` (dataset, root, fingerprint, split sizes) and
-``<base.reports_dir>/figures/samples.png``.
+``<base.reports_dir>/samples.png`` (outside ``figures/``, which the report stage owns).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def prepare(cfg: Config, num_workers: int = 2) -> dict:
     dataset = build_dataset(cfg, split, train=False)
     manifest["preview_split_size"] = len(dataset)
     manifest["groups"] = list(dataset.group_spec.names)
-    figure = Path(cfg.base.reports_dir) / "figures" / "samples.png"
+    figure = Path(cfg.base.reports_dir) / "samples.png"
     save_sample_grid(dataset, figure, per_group=4, seed=cfg.base.seed)
     log.info("prepared %s in %.1f s", cfg.data.dataset, time.perf_counter() - start)
     atomic_write_json(Path(cfg.base.data_dir) / cfg.data.dataset / MANIFEST, manifest)

@@ -115,6 +115,12 @@ class BackboneSection(Section):
     )
     pretrained: bool = Field(False, description="Load timm pretrained weights (needs the hub or a local file).")
     checkpoint_path: str | None = Field(None, description="Local weights file for the backbone (offline).")
+    pos_embed_init: Literal["timm", "sincos"] = Field(
+        "timm",
+        description="Initial position embedding of a randomly initialised backbone: timm's (trunc-normal, "
+        "std 0.02) or a 2-D sin-cos table (MAE, MoCo v3; still trained). A small ViT from scratch needs the "
+        "sin-cos start to learn shapes in a few epochs. Loaded weights (pretrained, checkpoint_path) replace it.",
+    )
     drop_path_stage1: float = Field(0.0, ge=0, lt=1)
     drop_path_stage2: float = Field(0.0, ge=0, lt=1)
 
@@ -144,6 +150,12 @@ class LossSection(Section):
     classification_stage1: float = Field(1.0, ge=0)
     presence: float = Field(1.0, ge=0)
     enforced_presence: float = Field(2.0, ge=0)
+    foreground_presence: float = Field(
+        0.0,
+        ge=0,
+        description="Per-image foreground presence (not in the paper; 0 = off): every image must have a 3x3 "
+        "block of foreground tokens. The prior a from-scratch stage 1 lacks (losses/part_priors.py).",
+    )
     equivariance: float = Field(1.0, ge=0)
     orthogonality: float = Field(1.0, ge=0)
     total_variation: float = Field(1.0, ge=0)
@@ -185,6 +197,12 @@ class TrainSection(Section):
     log_every_steps: int = Field(10, ge=1)
     compile: bool = False
     deterministic: bool = True
+    num_threads: int = Field(
+        1,
+        ge=0,
+        description="torch intra-op threads of a training process on CPU (0 = torch's default). A tiny ViT's "
+        "small matmuls scale badly: one thread per job with cluster.array_parallelism jobs at once is faster.",
+    )
 
     @model_validator(mode="after")
     def _non_empty(self) -> TrainSection:

@@ -27,7 +27,7 @@ def test_prepare_generates_then_skips(tmp_path):
     manifest_path = tmp_path / "data" / "synthetic" / "manifest.json"
     assert json.loads(manifest_path.read_text())["fingerprint"] == first["fingerprint"]
     assert first["groups"] == ["round_on_land", "round_on_water", "long_on_land", "long_on_water"]
-    figure = tmp_path / "reports" / "figures" / "samples.png"
+    figure = tmp_path / "reports" / "samples.png"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     metadata = tmp_path / "data" / "synthetic" / "metadata.csv"
     stamp = metadata.stat().st_mtime_ns

@@ -137,6 +137,8 @@ def test_imagenet_and_imagenet9(tmp_path):
     assert len(build_dataset(cfg, "original")) == 2  # IN-9 variants read from <data_dir>/imagenet9
     cfg9 = make_tiny_config(tmp_path, data={"dataset": "imagenet9", "image_size": 16})
     assert build_dataset(cfg9, "test").split == "original"
+    (tmp_path / "data" / "imagenet").symlink_to(tmp_path / "in1k")
+    assert build_dataset(cfg9, "train").num_classes == 2  # the ImageNet-1k training split
 
 
 @pytest.mark.parametrize("dataset", ["cub", "metashift", "imagenet9"])

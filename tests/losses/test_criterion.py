@@ -18,7 +18,7 @@ STAGE1_ACTIVE = {
     "orthogonality",
     "total_variation",
     "entropy",
-}  # concentration is off (weight 0) by default
+}  # concentration and foreground_presence are off (weight 0) by default
 LABELS = torch.tensor([0, 1, 2, 0])
 
 
@@ -55,9 +55,16 @@ def test_terms_per_variant_and_weighted_total(variant, expected):
 
 
 def test_weights_come_from_the_loss_section_and_zero_weights_are_skipped():
-    cfg = LossSection(enforced_presence=2.0, equivariance=0.0, concentration=0.5, total_variation=3.0)
+    cfg = LossSection(
+        enforced_presence=2.0,
+        equivariance=0.0,
+        concentration=0.5,
+        total_variation=3.0,
+        foreground_presence=4.0,
+    )
     losses, criterion = losses_of("two_stage_hard", cfg)
     assert "equivariance" not in losses.terms and "concentration" in losses.terms
+    assert criterion.weights["foreground_presence"] == 4.0 and "foreground_presence" in losses.terms
     assert criterion.weights["enforced_presence"] == 2.0 and criterion.weights["total_variation"] == 3.0
     total = sum(criterion.weights[name] * value for name, value in losses.terms.items())
     torch.testing.assert_close(losses.total, total)

@@ -12,6 +12,7 @@ from hardmask.losses import (
     classification_loss,
     concentration_loss,
     enforced_presence_loss,
+    foreground_presence_loss,
     orthogonality_loss,
     pixel_entropy_loss,
     presence_loss,
@@ -52,6 +53,28 @@ def test_presence_is_zero_when_every_part_fills_a_3x3_block_somewhere_in_the_bat
 def test_presence_needs_a_3x3_grid():
     with pytest.raises(ValueError, match=r"grid \(2, 2\) is smaller than 3x3"):
         presence_loss(torch.rand(1, 3, 2, 2))
+
+
+# -------------------------------------------------------------------------------------- foreground presence
+def test_foreground_presence_hand_computed():
+    # image 0: a full 3x3 foreground block (parts 0 and 1 mixed) -> max pooled fg 1; image 1: fg 0.25
+    # everywhere -> 0.25. Loss = -(log 1 + log 0.25) / 2 = log(2)
+    fg = torch.zeros(2, 2, 4, 4)
+    fg[0, 0, :3, :3], fg[0, 1, :3, 1:3] = 0.5, 0.5
+    fg[0, 0, :3, 0] = 1.0
+    fg[1, 0] = 0.25
+    assert foreground_presence_loss(two_part_maps(fg)).item() == pytest.approx(math.log(2), rel=1e-5)
+
+
+def test_foreground_presence_asks_every_image_for_an_object_not_just_one_in_the_batch():
+    one_object = torch.zeros(2, 1, 5, 5)
+    one_object[0, 0, 1:4, 1:4] = 1  # image 1 is all background
+    assert presence_loss(two_part_maps(one_object)).item() == 0.0  # the batch-level prior is satisfied
+    assert foreground_presence_loss(two_part_maps(one_object)).item() == pytest.approx(50.0)  # log clamp / 2
+    both = one_object.clone()
+    both[1, 0, 2:, 2:] = 1
+    assert foreground_presence_loss(two_part_maps(both)).item() == pytest.approx(0.0, abs=1e-6)
+    assert_finite_gradient(foreground_presence_loss, torch.rand(2, 3, 5, 5).softmax(1))
 
 
 # ---------------------------------------------------------------------------------------- enforced presence

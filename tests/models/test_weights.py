@@ -115,3 +115,42 @@ def test_reference_checkpoint_with_foreign_keys_is_rejected(tmp_path):
     torch.save({"model_state": smaller}, tmp_path / "k2.pt")
     with pytest.raises(WeightsError, match="shapes do not fit"):
         load_reference_checkpoint(tiny_model(), tmp_path / "k2.pt")
+
+
+def test_sincos_pos_embed_gives_each_patch_its_row_and_column():
+    torch.manual_seed(0)
+    vit = create_backbone(backbone_cfg(pos_embed_init="sincos"), IMAGE_SIZE)
+    h, w = vit.patch_embed.grid_size
+    table = vit.pos_embed[0, -h * w :].detach()  # [h*w, D], raster order
+    quarter = vit.embed_dim // 4
+    # first frequency band: sin(row) in channel 0, sin(col) in channel `quarter` (timm's stacking: rows, then
+    # columns, each sin block then cos block)
+    rows = torch.arange(h).repeat_interleave(w).float()
+    cols = torch.arange(w).repeat(h).float()
+    torch.testing.assert_close(table[:, 0], torch.sin(rows))
+    torch.testing.assert_close(table[:, quarter], torch.sin(cols))
+    torch.testing.assert_close(table[:, 2 * quarter], torch.cos(rows))
+    if vit.pos_embed.shape[1] > h * w:  # the class token's own position row starts at 0
+        assert vit.pos_embed[0, : -h * w].abs().sum() == 0
+    assert vit.pos_embed.requires_grad  # a starting point, still trained
+
+
+def test_default_pos_embed_is_timms_small_random_init():
+    torch.manual_seed(0)
+    vit = create_backbone(backbone_cfg(), IMAGE_SIZE)
+    assert 0.005 < float(vit.pos_embed.detach().std()) < 0.05
+
+
+def test_sincos_pos_embed_is_replaced_by_loaded_weights(tmp_path):
+    state = reference_vit().state_dict()
+    torch.save(state, tmp_path / "w.pth")
+    vit = create_backbone(
+        backbone_cfg(pos_embed_init="sincos", checkpoint_path=str(tmp_path / "w.pth")), IMAGE_SIZE
+    )
+    torch.testing.assert_close(vit.pos_embed, state["pos_embed"], rtol=0, atol=0)
+
+
+def test_sincos_pos_embed_needs_a_width_divisible_by_four():
+    cfg = BackboneSection(kwargs={**TINY_KWARGS, "embed_dim": 30, "num_heads": 2}, pos_embed_init="sincos")
+    with pytest.raises(WeightsError, match="divisible by 4"):
+        create_backbone(cfg, IMAGE_SIZE)

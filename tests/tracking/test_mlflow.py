@@ -6,6 +6,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -225,3 +226,17 @@ def test_importing_tracking_and_cluster_does_not_import_mlflow():
     code = "import sys, hardmask.tracking, hardmask.cluster; print('mlflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_system_metrics_monitor_runs_with_the_tracker_and_stops_at_the_end(tmp_path: Path, mlflow_uri: str):
+    cfg = make_tiny_config(tmp_path, tracking={"uri": mlflow_uri, "log_system_metrics": True})
+    init_tracking(cfg)
+
+    def monitors() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "SystemMetricsMonitor"]
+
+    tracker = RunTracker.for_training(cfg, variant="baseline_vit", seed=0, run_dir=tmp_path / "run")
+    assert len(monitors()) == 1  # sampling in the background
+    tracker.end()
+    assert monitors() == []
+    assert MlflowClient(mlflow_uri).get_run(tracker.run_id).info.status == "FINISHED"

@@ -62,10 +62,14 @@ def build_dataset(
     ``split`` is ``train | val | test`` or a dataset-specific evaluation set: the benchmark's OOD variants
     (``only_fg | mixed_rand | mixed_same | only_bg``), ``cub_waterbirds`` (CUB test images on Waterbirds
     backgrounds) and the ImageNet-9 variants (``original | mixed_same | mixed_rand | ...``, for ``imagenet``
-    read from ``<base.data_dir>/imagenet9``). ``mean``/``std`` are the model's normalisation.
+    read from ``<base.data_dir>/imagenet9``; for ``imagenet9``, val/test mean ``original`` and train is the
+    ImageNet-1k training split of ``<base.data_dir>/imagenet``). ``mean``/``std``: the model's normalisation.
     """
     data, root, name = cfg.data, cfg.data_root, cfg.data.dataset
-    crop_pct = IMAGENET_EVAL_CROP_PCT if name == "imagenet" and split not in IN9_VARIANTS else 1.0
+    imagenet_1k = (name == "imagenet" and split not in IN9_VARIANTS) or (
+        name == "imagenet9" and split == "train"
+    )
+    crop_pct = IMAGENET_EVAL_CROP_PCT if imagenet_1k else 1.0
     if train:
         transform = build_train_transform(data.image_size, data.augment, mean, std)
     else:
@@ -100,10 +104,8 @@ def build_dataset(
             )
         return ImageNetDataset(root, split, transform)
     if name == "imagenet9":
-        if split == "train":
-            raise DataError(
-                "imagenet9 is an evaluation set without a training split: train with dataset imagenet"
-            )
+        if split == "train":  # IN-9 evaluates ImageNet-1k models: their training split (thresholds, classes)
+            return ImageNetDataset(Path(cfg.base.data_dir) / "imagenet", "train", transform)
         variant = "original" if split in ("val", "test") else split
         return ImageNet9Dataset(root, variant, transform, mapping=data.in9_mapping)
     raise DataError(f"data.dataset '{name}' has no loader")  # unreachable while config.py's Literal matches

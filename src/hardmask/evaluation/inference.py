@@ -175,7 +175,13 @@ def _pooled_truth(
     }
 
 
-@torch.no_grad()
+def encodes_parts(model: nn.Module) -> bool:
+    """Whether ``model`` splits its forward pass into ``encode_parts(images)`` (stage 1's backbone and
+    prototype scores, which no intervention changes) and ``classify(images, parts, interventions)``."""
+    return callable(getattr(model, "encode_parts", None)) and callable(getattr(model, "classify", None))
+
+
+@torch.inference_mode()
 def predict_split(
     model: nn.Module,
     loader: Iterable[Mapping[str, torch.Tensor]],
@@ -192,19 +198,33 @@ def predict_split(
     ``fg_mask_input`` passes the ground-truth mask to the model (the ``oracle_mask`` variant);
     ``overlays`` collects display samples from the ``none`` setting; ``autocast_dtype`` runs the forward
     passes under ``torch.autocast`` (metrics are computed from float32 copies of the outputs).
+
+    A model with parts (:func:`encodes_parts`) runs stage 1's backbone once per batch; each setting then
+    costs only the part maps, the mask and stage 2.
     """
     model.eval()
     collectors = {s.name: _Collector() for s in settings}
+    interventions = {s.name: s.model_interventions() for s in settings}
+    split_forward = encodes_parts(model) and not fg_mask_input
+
+    def amp() -> contextlib.AbstractContextManager:
+        return torch.autocast(device.type, autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+
     for batch in loader:
         images = batch["image"].to(device, non_blocking=True)
         fg_mask = batch["fg_mask"].to(device) if fg_mask_input else None
         labels, groups = batch["label"].numpy(), batch["group"].numpy()
         has_mask = batch["has_mask"].numpy().astype(bool)
         truth: dict[str, np.ndarray] | None = None  # pooled once per batch, for the first output with a grid
+        if split_forward:
+            with amp():
+                parts = model.encode_parts(images)
         for setting in settings:
-            amp = torch.autocast(device.type, autocast_dtype) if autocast_dtype else contextlib.nullcontext()
-            with amp:
-                out = model(images, fg_mask=fg_mask, interventions=setting.model_interventions())
+            with amp():
+                if split_forward:
+                    out = model.classify(images, parts, interventions[setting.name])
+                else:
+                    out = model(images, fg_mask=fg_mask, interventions=interventions[setting.name])
             collector = collectors[setting.name]
             collector.add(index=batch["index"].numpy(), labels=labels, groups=groups, has_mask=has_mask)
             collector.add(**_output_arrays(out))

@@ -85,7 +85,7 @@ def quantile_thresholds(
     return {q: tuple(values) for q, values in out.items()}
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def training_split_thresholds(
     model: torch.nn.Module,
     loader: Iterable[Mapping[str, torch.Tensor]],
@@ -96,11 +96,13 @@ def training_split_thresholds(
 ) -> dict[float, tuple[float, ...]]:
     """Run ``model`` (eval mode, no intervention) over the training split and return its part thresholds."""
     model.eval()
+    encode_parts = getattr(model, "encode_parts", None)  # two-stage and stage-1-only models
     per_part: list[list[torch.Tensor]] = []
     for batch in loader:
         images = batch["image"].to(device, non_blocking=True)
         fg_mask = batch["fg_mask"].to(device) if fg_mask_input else None
-        out = model(images, fg_mask=fg_mask)
+        # stage 1's scores (part_sims, part_logits) are all the thresholds need: no stage 2 where possible
+        out = encode_parts(images) if encode_parts is not None else model(images, fg_mask=fg_mask)
         if out.part_sims is None or out.part_logits is None:
             raise ValueError(f"{type(model).__name__} returns no part_sims/part_logits: no parts to gate")
         for k, values in enumerate(matched_similarities(out.part_sims, out.part_logits)):

@@ -23,6 +23,7 @@ from hardmask.losses.equivariance import equivariance_loss, sample_similarity_tr
 from hardmask.losses.part_priors import (
     concentration_loss,
     enforced_presence_loss,
+    foreground_presence_loss,
     orthogonality_loss,
     pixel_entropy_loss,
     presence_loss,
@@ -35,6 +36,7 @@ STAGE1_TERMS = (
     "classification_stage1",
     "presence",
     "enforced_presence",
+    "foreground_presence",
     "equivariance",
     "orthogonality",
     "total_variation",
@@ -93,6 +95,7 @@ class Criterion:
             prior = {
                 "presence": presence_loss,
                 "enforced_presence": enforced_presence_loss,
+                "foreground_presence": foreground_presence_loss,
                 "total_variation": total_variation_loss,
                 "entropy": pixel_entropy_loss,
                 "concentration": concentration_loss,

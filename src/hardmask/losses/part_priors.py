@@ -58,6 +58,19 @@ def enforced_presence_loss(maps: Tensor) -> Tensor:
     return -per_image.log().clamp_min(-100).mean()
 
 
+def foreground_presence_loss(maps: Tensor) -> Tensor:
+    """Foreground presence in every image: ``mean_b BCE(max_ij AvgPool3x3(1 - A_bg)_ij, 1)``.
+
+    Not in the paper: the counterpart of :func:`enforced_presence_loss` for the object ("every training image
+    shows one"). The reference's presence loss takes its max over the whole batch, so a from-scratch stage 1
+    satisfies it with a few foreground tokens in a few images and labels most objects background; this term
+    asks for a 3x3 foreground block (any mix of the K parts) in each image. 0 when every image has one.
+    """
+    fg = 1 - _check_maps(maps, "foreground_presence_loss", POOL)[:, -1:]  # [B,1,h,w], all parts together
+    per_image = F.avg_pool2d(fg, POOL, stride=1)[:, 0].amax(dim=(-2, -1))  # [B]
+    return -per_image.log().clamp_min(-100).mean()
+
+
 def total_variation_loss(maps: Tensor) -> Tensor:
     """Anisotropic TV over all K+1 channels, summed, divided by ``B*h*w`` (not by K+1), as the reference.
 

@@ -17,7 +17,7 @@ from hardmask.models.backbone import ParamRole, backbone_roles, prepare_backbone
 from hardmask.models.interventions import Interventions
 from hardmask.models.mask import oracle_patch_mask, sample_patch_mask
 from hardmask.models.outputs import ModelOutput
-from hardmask.models.stage1 import PartDiscoveryViT
+from hardmask.models.stage1 import PartDiscoveryViT, PartScores
 from hardmask.models.stage2 import MaskedViT
 
 
@@ -65,11 +65,22 @@ class Stage1OnlyModel(nn.Module):
     def stage1_maps(self, images: Tensor) -> Tensor:
         return self.stage1.maps(images)
 
+    def encode_parts(self, images: Tensor) -> PartScores:
+        """The backbone pass and prototype scores (see ``TwoStageViT.encode_parts``)."""
+        return self.stage1.part_scores(images)
+
     def forward(
         self, images: Tensor, fg_mask: Tensor | None = None, interventions: Interventions | None = None
     ) -> ModelOutput:
         del fg_mask
-        s1 = self.stage1(images, interventions)
+        return self.classify(images, self.encode_parts(images), interventions)
+
+    def classify(
+        self, images: Tensor, parts: PartScores, interventions: Interventions | None = None
+    ) -> ModelOutput:
+        """The forward pass from ``parts = encode_parts(images)`` (``images`` unused: stage 1 is done)."""
+        del images
+        s1 = self.stage1.classify_parts(parts, interventions)
         mask = sample_patch_mask(
             s1.part_logits, tau=self.stage1.tau, part_dropout=0.0, training=self.training,
             stochastic=self.stage1.stochastic,

@@ -125,7 +125,13 @@ class PartDiscoveryViT(nn.Module):
 
     # ------------------------------------------------------------------------------------------- forward
     def forward(self, images: Tensor, interventions: Interventions | None = None) -> Stage1Output:
-        scores = self.part_scores(images)
+        return self.classify_parts(self.part_scores(images), interventions)
+
+    def classify_parts(self, scores: PartScores, interventions: Interventions | None = None) -> Stage1Output:
+        """Everything after the backbone: interventions, part maps, part features, part classifier.
+
+        Evaluation computes ``part_scores`` once per batch and calls this once per intervention setting.
+        """
         part_logits = scores.part_logits
         if interventions is not None and not interventions.is_empty:
             if self.training:

@@ -6,9 +6,10 @@ Execution paths (all give the class token the same value for a hard mask; tests 
   foreground = True) goes through timm's native ``attn_mask`` in every block. Background tokens are still
   processed as queries but no token ever attends to them.
 - ``packed`` (§10.9, the fast path, training and evaluation): positions are added first, then each image's
-  prefix + foreground tokens are gathered (in sequence order) and padded to the batch's largest kept count;
-  the padding slots are masked as keys. Nothing attends to a dropped token in either path, so dropping them is
-  exact.
+  prefix + foreground tokens are gathered (in sequence order). The images are sorted by kept count and cut
+  into groups of at most ``pack_group_size``; each group is padded to its own largest count (one outlier
+  image no longer pads the whole batch) and the padding slots are masked as keys. Nothing attends to a
+  dropped token in either path, so dropping them is exact.
 - soft masks (ablation): additive bias ``log(m + 1e-10)`` on the keys, dense only (every token keeps a
   weight).
 - straight-through (``mask_grad: ste``, §10.1): dense, non-fused attention. The attention probabilities are
@@ -42,18 +43,29 @@ from hardmask.models.backbone import (
 
 Stage2Impl = Literal["packed", "dense"]
 SOFT_MASK_EPS = 1e-10  # the reference's log(m + 1e-10): about -23 for a zero mask
+PACK_GROUP_SIZE = 32  # packed path: at most this many images share one padded length (see length_groups)
 
 
 class MaskedViT(nn.Module):
     """Stage 2 (also the oracle-mask model's network)."""
 
-    def __init__(self, backbone: VisionTransformer, num_classes: int, *, impl: Stage2Impl = "packed") -> None:
+    def __init__(
+        self,
+        backbone: VisionTransformer,
+        num_classes: int,
+        *,
+        impl: Stage2Impl = "packed",
+        pack_group_size: int = PACK_GROUP_SIZE,
+    ) -> None:
         super().__init__()
         if impl not in ("packed", "dense"):
             raise ValueError(f"model.stage2_impl: expected 'packed' or 'dense', got {impl!r}")
+        if pack_group_size < 1:
+            raise ValueError(f"stage 2: pack_group_size must be >= 1, got {pack_group_size}")
         self.backbone = prepare_backbone(backbone, "stage 2")
         dim = backbone.embed_dim
         self.impl: Stage2Impl = impl  # mutable on purpose: benchmarks and tests switch paths on one model
+        self.pack_group_size = pack_group_size  # packed path: images per padded group (sorted by kept count)
         self.fc_norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes, bias=False)
         nn.init.trunc_normal_(self.head.weight, std=0.02)
@@ -95,48 +107,79 @@ class MaskedViT(nn.Module):
                 f"(expected [{tokens.shape[0]}, {expected}])"
             )
         if soft_mask is not None:
-            tokens = self._forward_soft(tokens, soft_mask)
+            class_token = self._forward_soft(tokens, soft_mask)
         elif ste_mask is not None and torch.is_grad_enabled():
-            tokens = self._forward_straight_through(tokens, hard_mask, ste_mask)
+            class_token = self._forward_straight_through(tokens, hard_mask, ste_mask)
         elif self.impl == "dense":
-            tokens = self._forward_dense(tokens, hard_mask)
+            class_token = self._forward_dense(tokens, hard_mask)
         else:
-            tokens = self._forward_packed(tokens, hard_mask)
-        return self.head(self.fc_norm(tokens[:, 0]))  # class token is the first prefix token
+            class_token = self._forward_packed(tokens, hard_mask)
+        return self.head(self.fc_norm(class_token))
 
     def _with_prefix(self, patch_values: Tensor, prefix_value: float | bool) -> Tensor:
         """[B,h*w] -> [B,P+h*w] with the prefix tokens set to ``prefix_value`` (always attendable)."""
         prefix = patch_values.new_full((patch_values.shape[0], self.num_prefix_tokens), prefix_value)
         return torch.cat([prefix, patch_values], dim=1)
 
+    # Each path returns the final-norm class token [B,D] (the first prefix token).
     def _forward_dense(self, tokens: Tensor, hard_mask: Tensor) -> Tensor:
         key_mask = self._with_prefix(hard_mask.bool(), True)[:, None, None, :]  # [B,1,1,N], True = attend
-        return run_blocks(self.backbone, tokens, key_mask)
+        return run_blocks(self.backbone, tokens, key_mask)[:, 0]
 
     def _forward_packed(self, tokens: Tensor, hard_mask: Tensor) -> Tensor:
+        batch, num_tokens, dim = tokens.shape
         keep = self._with_prefix(hard_mask.bool(), True)  # [B,N]
         kept_counts = keep.sum(dim=1)  # [B]
-        length, shortest = torch.stack([kept_counts.max(), kept_counts.min()]).tolist()  # one host sync
+        # images shortest first, so that each group pads to a length close to its own images' counts
+        by_length = kept_counts.argsort(stable=True)  # [B]
+        sorted_counts = kept_counts[by_length]  # [B]
+        counts = sorted_counts.tolist()  # the one host sync of the path
         # a stable sort on "dropped?" lists the kept tokens first, in sequence order (class token first)
-        order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :length]  # [B,L]
-        packed = tokens.gather(1, order[..., None].expand(-1, -1, tokens.shape[-1]))  # [B,L,D]
-        if shortest == length:
-            return run_blocks(self.backbone, packed)  # no padding anywhere: plain (fastest) attention
-        # slots past an image's kept count hold dropped tokens; they are masked as keys
-        valid = torch.arange(length, device=tokens.device)[None, :] < kept_counts[:, None]  # [B,L]
-        return run_blocks(self.backbone, packed, valid[:, None, None, :])
+        token_order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices  # [B,N]
+        flat_tokens = tokens.reshape(batch * num_tokens, dim)
+        class_tokens = []
+        for group in length_groups(counts, self.pack_group_size):
+            images, length = by_length[group], counts[group.stop - 1]
+            rows = images[:, None] * num_tokens + token_order[images, :length]  # [n,L] into flat_tokens
+            packed = flat_tokens[rows]  # [n,L,D]: one gather
+            if counts[group.start] == length:
+                packed = run_blocks(self.backbone, packed)  # no padding: plain (fastest) attention
+            else:  # slots past an image's kept count hold dropped tokens; they are masked as keys
+                valid = torch.arange(length, device=tokens.device) < sorted_counts[group, None]  # [n,L]
+                packed = run_blocks(self.backbone, packed, valid[:, None, None, :])
+            class_tokens.append(packed[:, 0])
+        return torch.cat(class_tokens)[by_length.argsort()]  # [B,D], back in batch order
 
     def _forward_soft(self, tokens: Tensor, soft_mask: Tensor) -> Tensor:
         weights = self._with_prefix(soft_mask, 1.0)  # [B,N]
         bias = torch.log(weights + SOFT_MASK_EPS).to(attention_dtype(tokens))[:, None, None, :]  # [B,1,1,N]
-        return run_blocks(self.backbone, tokens, bias)
+        return run_blocks(self.backbone, tokens, bias)[:, 0]
 
     def _forward_straight_through(self, tokens: Tensor, hard_mask: Tensor, ste_mask: Tensor) -> Tensor:
         key_keep = self._with_prefix(hard_mask.bool(), True)  # [B,N]
         key_weight = self._with_prefix(ste_mask, 1.0)  # [B,N], value == key_keep
         for block in self.backbone.blocks:
             tokens = _straight_through_block(block, tokens, key_keep, key_weight)
-        return self.backbone.norm(tokens)
+        return self.backbone.norm(tokens)[:, 0]
+
+
+def length_groups(sorted_counts: list[int], group_size: int) -> list[slice]:
+    """Consecutive groups of images sorted by kept count, each padded to its own longest image.
+
+    Near-equal groups of at most ``group_size`` images (smaller groups pad less, larger ones make larger
+    matrix products); neighbours whose longest counts are equal are merged, as splitting them saves nothing.
+    """
+    total = len(sorted_counts)
+    num_groups = max(1, -(-total // group_size))  # ceil
+    bounds = [round(i * total / num_groups) for i in range(num_groups + 1)]
+    groups = [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
+    merged = groups[:1]
+    for group in groups[1:]:
+        if sorted_counts[merged[-1].stop - 1] == sorted_counts[group.stop - 1]:
+            merged[-1] = slice(merged[-1].start, group.stop)
+        else:
+            merged.append(group)
+    return merged
 
 
 def _straight_through_block(block: nn.Module, x: Tensor, key_keep: Tensor, key_weight: Tensor) -> Tensor:

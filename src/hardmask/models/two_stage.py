@@ -23,7 +23,7 @@ from hardmask.models.backbone import ParamRole
 from hardmask.models.interventions import Interventions
 from hardmask.models.mask import PatchMask, sample_patch_mask
 from hardmask.models.outputs import ModelOutput
-from hardmask.models.stage1 import PartDiscoveryViT
+from hardmask.models.stage1 import PartDiscoveryViT, PartScores
 from hardmask.models.stage2 import MaskedViT
 
 MaskGrad = Literal["none", "ste"]
@@ -69,6 +69,14 @@ class TwoStageViT(nn.Module):
         """Part maps [B,K+1,h,w] of ``images`` without running stage 2 (the equivariance pass, §10.10)."""
         return self.stage1.maps(images)
 
+    def encode_parts(self, images: Tensor) -> PartScores:
+        """Stage 1's backbone pass and prototype scores [B,K+1,h,w]: everything no intervention changes.
+
+        ``model(images, ...) == model.classify(images, model.encode_parts(images), ...)``; evaluation encodes
+        a batch once and classifies it under every intervention setting.
+        """
+        return self.stage1.part_scores(images)
+
     def forward(
         self,
         images: Tensor,
@@ -84,7 +92,19 @@ class TwoStageViT(nn.Module):
         losses).
         """
         del fg_mask
-        s1 = self.stage1(images, interventions)
+        return self.classify(images, self.encode_parts(images), interventions, patch_mask=patch_mask)
+
+    def classify(
+        self,
+        images: Tensor,
+        parts: PartScores,
+        interventions: Interventions | None = None,
+        *,
+        patch_mask: Tensor | None = None,
+    ) -> ModelOutput:
+        """The rest of the forward pass from ``parts = encode_parts(images)``: interventions, part maps and
+        features, stage-1 logits, the patch mask and stage 2 on ``images`` [B,3,H,W]."""
+        s1 = self.stage1.classify_parts(parts, interventions)
         mask = sample_patch_mask(
             s1.part_logits,
             tau=self.stage1.tau,

@@ -48,9 +48,35 @@ def create_backbone(cfg: BackboneSection, image_size: int, drop_path_rate: float
         raise WeightsError(
             f"model.backbone.name: {cfg.name!r} is a {type(vit).__name__}, not a timm VisionTransformer"
         )
+    if cfg.pos_embed_init == "sincos" and not from_hub:  # loaded weights below replace it
+        init_sincos_pos_embed(vit)
     if cfg.checkpoint_path is not None:
         load_backbone_weights(vit, cfg.checkpoint_path)
     return vit
+
+
+def init_sincos_pos_embed(vit: VisionTransformer) -> None:
+    """Set the patch rows of ``vit.pos_embed`` to the 2-D sin-cos table of its patch grid, prefix rows to 0.
+
+    Why: a learned embedding starts as noise (std 0.02), and a small ViT trained from scratch on a few
+    thousand images takes many epochs to discover the 2-D layout from it; recognising a shape depends on
+    that layout. The table gives every token its row and column from the first step (it stays trainable).
+    """
+    if vit.pos_embed is None:
+        raise WeightsError("model.backbone.pos_embed_init=sincos: the backbone has no position embedding")
+    if vit.embed_dim % 4:
+        raise WeightsError(
+            f"model.backbone.pos_embed_init=sincos: embed_dim {vit.embed_dim} must be divisible by 4 "
+            "(sin and cos of the row and of the column)"
+        )
+    from timm.layers import build_sincos2d_pos_embed
+
+    grid = tuple(vit.patch_embed.grid_size)
+    table = build_sincos2d_pos_embed(grid, vit.embed_dim)  # [h*w, D], rows in raster order as the patches
+    num_patches = grid[0] * grid[1]
+    with torch.no_grad():
+        vit.pos_embed.zero_()  # prefix rows (when the class token has a position) start at 0, as in MAE
+        vit.pos_embed[0, -num_patches:] = table.to(vit.pos_embed.dtype)
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:

@@ -8,8 +8,7 @@ same MLflow run.
 
 ``init_tracking`` runs once in the submitting process, before any job starts: it creates the database schema
 and the experiment, so concurrent jobs never race on them, and exports the resolved URI to the jobs'
-environment.
-MLflow itself is imported only when a tracker is actually used (it takes a second or two).
+environment. MLflow itself is imported only when a tracker is used (the import takes a second or two).
 """
 
 from __future__ import annotations
@@ -122,9 +121,8 @@ def parent_run_for(client: MlflowClient, experiment_id: str, variant: str) -> st
     run = client.create_run(
         experiment_id, run_name=name, tags={"kind": "parent", "variant": variant, "group": group}
     )
-    client.set_terminated(
-        run.info.run_id, "FINISHED"
-    )  # a grouping node, not a process that could still be running
+    # a grouping node, not a process that could still be running
+    client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
 
 
@@ -243,7 +241,8 @@ class RunTracker:
         if run_id is None and resume and id_file.is_file():
             run_id = id_file.read_text().strip() or None
         run_tags_ = {**run_tags(cfg, kind, variant, seed), **(tags or {})}
-        if run_id is not None and _run_exists(client, run_id):
+        resumed = run_id is not None and _run_exists(client, run_id)
+        if resumed:
             client.update_run(run_id, status="RUNNING")
             client.log_batch(run_id, tags=_tag_entities(run_tags_))  # SLURM ids of the new attempt
             log.info("continuing MLflow run %s (%s %s seed %d)", run_id, kind, variant, seed)
@@ -263,7 +262,7 @@ class RunTracker:
         tracker = cls(client, run_id)
         tracker.log_params(cfg.dump())
         if cfg.tracking.log_system_metrics:
-            tracker._start_system_metrics()
+            tracker._start_system_metrics(uri, resumed)
         return tracker
 
     @classmethod
@@ -363,10 +362,11 @@ class RunTracker:
     def __exit__(self, exc_type: type | None, *_: object) -> None:
         self.end("FINISHED" if exc_type is None else "FAILED")
 
-    def _start_system_metrics(self) -> None:
+    def _start_system_metrics(self, uri: str, resumed: bool) -> None:
+        """CPU, memory and GPU usage as ``system/*`` metrics, sampled every 10 s in a background thread."""
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        self._monitor = SystemMetricsMonitor(self.run_id)
+        self._monitor = SystemMetricsMonitor(self.run_id, resume_logging=resumed, tracking_uri=uri)
         self._monitor.start()
 
 

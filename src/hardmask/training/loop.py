@@ -211,6 +211,8 @@ def train(cfg: Config, variant: str, seed: int, run_dir: str | Path, dist: DistC
         check_writable(ckpt_dir)
         save_config(cfg, run_dir / "config.yaml")
     device = resolve_device(cfg, dist)
+    if device.type == "cpu" and cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
