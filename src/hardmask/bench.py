@@ -1,12 +1,31 @@
-"""``python -m hardmask.bench``: training-step and evaluation throughput of the configured models.
+"""``python -m hardmask.bench``: throughput, FLOPs and memory of the models and of the training loader.
 
-Builds the configured two-stage model (random weights) and the single-stage baseline, feeds synthetic batches
-and forces stage 2's patch mask to a controlled foreground fraction (``--fg-fraction``; per image the kept
-count is drawn uniformly within +-``--fg-spread`` of it, at random positions), so that the packed and dense
-stage-2 paths are timed on the same work (one model, same weights). A training step is forward + the variant's
-full criterion (equivariance pass included) + backward + optimiser step. The measured steps run in turn
-(packed, dense, baseline, packed, ...) so that a noisy machine slows them alike; medians are reported. One
-JSON line per measurement on stdout, then one line with the packed/dense ratios.
+Builds the configured two-stage model and the single-stage baseline with random weights (never downloaded),
+feeds fixed synthetic batches and forces stage 2's patch mask to a controlled foreground fraction
+(``--fg-fraction``; per image the kept count is drawn uniformly within +-``--fg-spread`` of it, at random
+positions), so that the packed and dense stage-2 paths are timed on the same work (one model, same weights).
+
+Measurements (one JSON line each on stdout, then one line of packed/dense ratios):
+
+- ``train_step``: forward + the variant's full criterion (equivariance pass included) + backward + gradient
+  clipping + optimiser step; two-stage (packed, dense) and baseline;
+- ``stage2_train``: stage 2 alone, forward + cross-entropy + backward (packed, dense);
+- ``eval``: one forward pass under ``torch.inference_mode``; two-stage (packed, dense) and baseline;
+- ``train_loader``: samples/s of the training DataLoader (real dataset, training transforms) per worker count,
+  or a line saying why it was skipped (no dataset at ``cfg.data_root``).
+
+The model measurements of one kind run in turn (packed, dense, baseline, packed, ...) so that a noisy machine
+slows them alike; medians are reported, wall-clock (``ms_per_step``) and CPU time of this process
+(``cpu_ms_per_step``, all its threads). After the warm-up, one extra untimed step per case counts FLOPs
+(``torch.utils.flop_counter.FlopCounterMode``; backward included for training steps; padded tokens count) and
+measures memory: ``torch.cuda.max_memory_allocated`` on a GPU (weights, optimiser state and activations), on a
+CPU the peak of what the step allocated and had not freed yet, from the profiler's allocator events (the
+step's working memory; weights and optimiser state allocated before it are excluded). ``memory_kind`` says
+which.
+
+``--paper`` runs the paper setting (configs/waterbirds.yaml with ViT-B/14 reg4 DINOv2 at 518 px, K = 8, batch
+16, bf16 autocast on a GPU, stage-1 backbone frozen); on a CPU use it as a smoke check only, e.g.
+``--paper --steps 1 --warmup 0 --batch 2 --eval-batch 2 --only train_step``.
 """
 
 from __future__ import annotations
@@ -18,15 +37,32 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+from torch.utils import flop_counter
 
 from hardmask.config import Config, load_config
 from hardmask.losses import Criterion
 from hardmask.models import build_model
+from hardmask.training.loop import autocast_context
 from hardmask.training.optim import build_optimizer, build_param_groups
+
+MEASUREMENTS = ("train_step", "stage2_train", "eval", "train_loader")
+PAPER_OVERRIDES = (
+    "base.preset=configs/waterbirds.yaml",  # ViT-B/14 reg4 DINOv2 at 518 px, stage-1 backbone frozen
+    "model.num_parts=8",
+    "optim.amp=bf16",
+    "model.freeze_backbone=true",
+    "data.loader.batch_size=16",
+    "data.loader.eval_batch_size=64",
+)
+# always last: the bench times random weights and never touches the network
+RANDOM_WEIGHTS = ("model.backbone.pretrained=false", "model.backbone.checkpoint_path=null")
+CUDA_PEAK_TFLOPS = 989.0  # dense bf16 peak of an H100/H200 SXM (shared/perf-reference.md)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,7 +73,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)"
     )
+    parser.add_argument("--preset", default=None, help="preset file merged over params (base.preset)")
+    parser.add_argument(
+        "--paper", action="store_true", help="the paper setting: " + ", ".join(PAPER_OVERRIDES)
+    )
     parser.add_argument("--variant", default="two_stage_hard", choices=("two_stage_hard", "two_stage_soft"))
+    parser.add_argument(
+        "--only", default=",".join(MEASUREMENTS), help=f"comma-separated subset of {', '.join(MEASUREMENTS)}"
+    )
     parser.add_argument(
         "--fg-fraction", type=float, default=0.3, help="mean share of patch tokens kept by stage 2"
     )
@@ -50,17 +93,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--batch", type=int, default=None, help="training batch (default data.loader.batch_size)"
     )
     parser.add_argument(
-        "--eval-batch", type=int, default=None, help="evaluation batch (default: the training batch)"
+        "--eval-batch", type=int, default=None, help="evaluation batch (default data.loader.eval_batch_size)"
     )
     parser.add_argument("--num-classes", type=int, default=2)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help=f"peak TFLOP/s for the utilisation figure (default {CUDA_PEAK_TFLOPS:g} on CUDA, none on CPU)",
+    )
+    parser.add_argument("--loader-batches", type=int, default=10, help="timed batches per loader measurement")
+    parser.add_argument(
+        "--loader-workers", default="0,2", help="comma-separated DataLoader worker counts to measure"
+    )
     args = parser.parse_args(argv)
     if not 0.0 <= args.fg_fraction <= 1.0:
         parser.error(f"--fg-fraction must be in [0, 1], got {args.fg_fraction}")
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
+    args.only = tuple(name.strip() for name in args.only.split(",") if name.strip())
+    unknown = sorted(set(args.only) - set(MEASUREMENTS))
+    if unknown:
+        parser.error(f"--only: unknown measurements {unknown}; choose from {', '.join(MEASUREMENTS)}")
+    try:
+        args.loader_workers = tuple(int(n) for n in args.loader_workers.split(","))
+    except ValueError:
+        parser.error(f"--loader-workers: expected comma-separated integers, got {args.loader_workers!r}")
     return args
+
+
+def bench_overrides(args: argparse.Namespace) -> list[str]:
+    """Config overrides in order: ``--paper``, ``--preset``, ``--set``, then random weights (always)."""
+    overrides = list(PAPER_OVERRIDES) if args.paper else []
+    if args.preset:
+        overrides.append(f"base.preset={args.preset}")
+    return [*overrides, *args.set, *RANDOM_WEIGHTS]
 
 
 def forced_patch_mask(
@@ -75,36 +144,105 @@ def forced_patch_mask(
     return ranks < counts[:, None]
 
 
+# --------------------------------------------------------------------------------------------- timing
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
+@dataclass
+class Timings:
+    """Per-step milliseconds of one callable: wall clock and CPU time of this process (all threads)."""
+
+    wall_ms: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)
+
+
 def time_interleaved(
     steps: list[Callable[[], None]], rounds: int, warmup: int, device: torch.device
-) -> list[list[float]]:
+) -> list[Timings]:
     """Milliseconds of each step callable, run in turn (ABCABC...) so that machine noise hits all alike.
 
-    The first ``warmup`` rounds are not timed. Returns one list of ``rounds`` timings per callable.
+    The first ``warmup`` rounds are not timed. Returns one :class:`Timings` of ``rounds`` steps per callable.
     """
-    timings: list[list[float]] = [[] for _ in steps]
+    timings = [Timings() for _ in steps]
     for round_index in range(warmup + rounds):
         for step, times in zip(steps, timings):
             _sync(device)
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             step()
             _sync(device)
             if round_index >= warmup:
-                times.append((time.perf_counter() - start) * 1e3)
+                times.wall_ms.append((time.perf_counter() - wall) * 1e3)
+                times.cpu_ms.append((time.process_time() - cpu) * 1e3)
     return timings
 
 
-def _autocast(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager:
-    if device.type != "cuda" or cfg.optim.amp == "off":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.float16 if cfg.optim.amp == "fp16" else torch.bfloat16)
+# --------------------------------------------------------------------------------------- FLOPs, memory
+def _cpu_attention_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.sdpa_flop_count(query, key, value)
 
 
+def _cpu_attention_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+# FlopCounterMode knows the CUDA attention kernels only; the CPU flash kernel does the same matrix products
+CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flops,
+}
+
+
+def _allocation_peak_bytes(prof: torch.profiler.profile) -> int:
+    """Peak of (bytes allocated - bytes freed) over the profiler's CPU allocator events, in time order."""
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()  # negative for a free
+        peak = max(peak, live)
+    return peak
+
+
+@contextlib.contextmanager
+def peak_memory(device: torch.device) -> Iterator[dict]:
+    """Yields a dict that holds ``peak_memory_mib`` and ``memory_kind`` once the block has run.
+
+    CUDA: ``max_memory_allocated`` during the block (everything resident on the GPU). CPU: the peak of the
+    bytes the block allocated and had not yet freed, from the profiler's allocator events (tensors alive
+    before the block, such as the weights, are not counted).
+    """
+    result: dict = {}
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        yield result
+        _sync(device)
+        result["peak_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        result["memory_kind"] = "cuda_max_memory_allocated"
+        return
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
+        yield result
+    result["peak_memory_mib"] = _allocation_peak_bytes(prof) / 2**20
+    result["memory_kind"] = "cpu_peak_allocated_during_step"
+
+
+@dataclass(frozen=True)
+class Probe:
+    flops: int  # of one step
+    memory: dict  # peak_memory_mib, memory_kind
+
+
+def probe_step(step: Callable[[], None], device: torch.device) -> Probe:
+    """One untimed step under the FLOP counter and the memory probe."""
+    counter = flop_counter.FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
+    with peak_memory(device) as memory, counter:
+        step()
+    return Probe(flops=counter.get_total_flops(), memory=memory)
+
+
+# -------------------------------------------------------------------------------------------- models
 class BenchModel:
     """One configured model (random weights), its optimiser and criterion, and fixed synthetic batches."""
 
@@ -119,7 +257,7 @@ class BenchModel:
         )
         self.criterion = Criterion(cfg.loss, variant)
         self.batch = args.batch or cfg.data.loader.batch_size
-        self.eval_batch = args.eval_batch or self.batch
+        self.eval_batch = args.eval_batch or cfg.data.loader.eval_batch_size
         self.two_stage = hasattr(self.model, "stage2")
         generator = torch.Generator().manual_seed(0)
         num_tokens = self.model.grid_size[0] * self.model.grid_size[1] if self.two_stage else 0
@@ -139,45 +277,157 @@ class BenchModel:
         if impl is not None:
             self.model.stage2.impl = impl
 
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return autocast_context(self.cfg, self.device)
+
     def train_step(self, impl: str | None = None) -> None:
-        """Forward, the variant's full criterion (equivariance pass included), backward, optimiser step."""
+        """Forward, the variant's full criterion (equivariance pass included), backward, clipping, step."""
         self._use(impl)
         self.model.train()
         images, labels, kwargs = self.train_inputs
-        with _autocast(self.cfg, self.device):
+        with self._autocast():
             out = self.model(images, **kwargs)
             losses = self.criterion(self.model, images, labels, out)
         losses.total.backward()
+        if self.cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    @torch.no_grad()
+    def stage2_train_step(self, impl: str | None = None) -> None:
+        """Stage 2 alone through the forced mask: forward, cross-entropy, backward (no optimiser step)."""
+        self._use(impl)
+        self.model.train()
+        images, labels, kwargs = self.train_inputs
+        mask = kwargs["patch_mask"]
+        with self._autocast():
+            if self.model.soft_masks:
+                logits = self.model.stage2(images, soft_mask=mask.float())
+            else:
+                logits = self.model.stage2(images, mask)
+            loss = F.cross_entropy(logits.float(), labels)
+        loss.backward()
+        self.model.zero_grad(set_to_none=True)
+
+    @torch.inference_mode()
     def eval_step(self, impl: str | None = None) -> None:
         self._use(impl)
         self.model.eval()
         images, _, kwargs = self.eval_inputs
-        with _autocast(self.cfg, self.device):
+        with self._autocast():
             self.model(images, **kwargs)
 
 
-def _record(measurement: str, bench: BenchModel, impl: str | None, times: list[float], args) -> dict:
-    batch = bench.batch if measurement == "train_step" else bench.eval_batch
-    median = statistics.median(times)
+@dataclass(frozen=True)
+class Case:
+    """One timed callable: a measurement of one model on one stage-2 path."""
+
+    measurement: str
+    bench: BenchModel
+    impl: str | None
+
+    @property
+    def batch(self) -> int:
+        return self.bench.eval_batch if self.measurement == "eval" else self.bench.batch
+
+    def step(self) -> Callable[[], None]:
+        method = {
+            "train_step": self.bench.train_step,
+            "stage2_train": self.bench.stage2_train_step,
+            "eval": self.bench.eval_step,
+        }[self.measurement]
+        return functools.partial(method, self.impl)
+
+
+def _dtype_name(cfg: Config, device: torch.device) -> str:
+    if device.type != "cuda" or cfg.optim.amp == "off":
+        return "float32"
+    return "float16" if cfg.optim.amp == "fp16" else "bfloat16"
+
+
+def _significant(value: float, digits: int = 6) -> float:
+    return float(f"{value:.{digits}g}")
+
+
+def case_record(case: Case, times: Timings, probe: Probe, context: dict) -> dict:
+    median_ms = statistics.median(times.wall_ms)
+    flops_per_image = probe.flops / case.batch
+    tflops = probe.flops / (median_ms / 1e3) / 1e12
+    peak = context["peak_tflops"]
     return {
-        "measurement": measurement,
-        "model": bench.variant,
-        "stage2_impl": impl,
-        "batch": batch,
-        "steps": len(times),
-        "ms_per_step": round(median, 3),
-        "ms_per_step_mean": round(statistics.fmean(times), 3),
-        "images_per_s": round(batch / (median / 1e3), 1),
-        "device": str(bench.device),
-        "image_size": bench.cfg.data.image_size,
-        "fg_fraction": args.fg_fraction if bench.two_stage else None,
+        "measurement": case.measurement,
+        "model": case.bench.variant,
+        "stage2_impl": case.impl,
+        "batch": case.batch,
+        "steps": len(times.wall_ms),
+        "ms_per_step": round(median_ms, 3),
+        "ms_per_step_mean": round(statistics.fmean(times.wall_ms), 3),
+        "cpu_ms_per_step": round(statistics.median(times.cpu_ms), 3),
+        "images_per_s": _significant(case.batch / (median_ms / 1e3), 4),
+        "gflop_per_image": _significant(flops_per_image / 1e9),
+        "tflops": _significant(tflops),
+        "utilisation": _significant(tflops / peak) if peak else None,
+        "peak_tflops": peak,
+        "peak_memory_mib": None
+        if probe.memory["peak_memory_mib"] is None
+        else round(probe.memory["peak_memory_mib"], 1),
+        "memory_kind": probe.memory["memory_kind"],
+        "fg_fraction": context["fg_fraction"] if case.bench.two_stage else None,
+        **{k: v for k, v in context.items() if k not in ("peak_tflops", "fg_fraction")},
     }
 
 
+def measure_cases(
+    cases: list[Case], args: argparse.Namespace, device: torch.device, context: dict
+) -> list[dict]:
+    """Warm-up (interleaved), one FLOP/memory probe per case, then the timed interleaved rounds."""
+    steps = [case.step() for case in cases]
+    time_interleaved(steps, rounds=0, warmup=args.warmup, device=device)
+    probes = [probe_step(step, device) for step in steps]
+    timings = time_interleaved(steps, rounds=args.steps, warmup=0, device=device)
+    return [case_record(case, times, probe, context) for case, times, probe in zip(cases, timings, probes)]
+
+
+# -------------------------------------------------------------------------------------------- loader
+def loader_records(cfg: Config, batch: int, args: argparse.Namespace) -> list[dict]:
+    """Samples/s of the training DataLoader (training transforms, as in training) per worker count."""
+    from hardmask.data import build_dataset
+    from hardmask.data.common import DataError
+    from hardmask.training.loop import make_loader
+    from hardmask.training.sampler import ResumableSampler, SeededSamples
+
+    base = {"measurement": "train_loader", "dataset": cfg.data.dataset, "image_size": cfg.data.image_size}
+    try:
+        dataset = build_dataset(cfg, "train", train=True)
+    except DataError as exc:
+        return [{**base, "skipped": f"no training data at {cfg.data_root}: {exc}"}]
+    records = []
+    for workers in args.loader_workers:
+        sampler = ResumableSampler(len(dataset), batch, seed=0)
+        loader = make_loader(SeededSamples(dataset, seed=0), batch, workers, pin=False, sampler=sampler)
+        wanted = min(args.loader_batches, len(sampler) - 1)  # the first batch (worker start-up) is untimed
+        start = time.perf_counter()
+        batches = iter(loader)
+        next(batches)
+        first = time.perf_counter()
+        for _ in range(wanted):
+            next(batches)
+        elapsed = time.perf_counter() - first
+        del batches  # shuts the workers down
+        records.append(
+            {
+                **base,
+                "workers": workers,
+                "batch": batch,
+                "batches": wanted,
+                "first_batch_s": round(first - start, 3),
+                "samples_per_s": round(wanted * batch / elapsed, 1) if wanted else None,
+            }
+        )
+    return records
+
+
+# ---------------------------------------------------------------------------------------------- main
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -187,39 +437,69 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def _emit(record: dict) -> None:
+    print(json.dumps(record), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    cfg = load_config(args.params, overrides=args.set)
+    cfg = load_config(args.params, overrides=bench_overrides(args))
     device = resolve_device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    two_stage = BenchModel(cfg, args.variant, args, device)
-    baseline = BenchModel(cfg, "baseline_vit", args, device)
-    # (model, stage-2 path); the packed and dense paths run on one model, so they time identical weights
-    impls = ("packed", "dense") if args.variant == "two_stage_hard" else (None,)
-    cases = [(two_stage, impl) for impl in impls] + [(baseline, None)]
-    medians: dict[tuple[str, str | None], float] = {}
-    for measurement in ("train_step", "eval"):
-        steps = [
-            functools.partial(bench.train_step if measurement == "train_step" else bench.eval_step, impl)
-            for bench, impl in cases
-        ]
-        timings = time_interleaved(steps, args.steps, args.warmup, device)
-        for (bench, impl), times in zip(cases, timings):
-            record = _record(measurement, bench, impl, times, args)
-            medians[measurement, impl if bench is two_stage else "baseline"] = record["ms_per_step"]
-            print(json.dumps(record), flush=True)
-    if args.variant == "two_stage_hard":
-        ratio = {
-            "measurement": "packed_dense_ratio",
-            "model": args.variant,
-            "fg_fraction": args.fg_fraction,
-            "train_step_ms_ratio": round(medians["train_step", "packed"] / medians["train_step", "dense"], 3),
-            "eval_ms_ratio": round(medians["eval", "packed"] / medians["eval", "dense"], 3),
-            "device": str(device),
-            "threads": torch.get_num_threads(),
+    peak = (
+        args.peak_tflops
+        if args.peak_tflops is not None
+        else (CUDA_PEAK_TFLOPS if device.type == "cuda" else None)
+    )
+    context = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "dtype": _dtype_name(cfg, device),
+        "image_size": cfg.data.image_size,
+        "backbone": cfg.model.backbone.name,
+        "num_parts": cfg.model.num_parts,
+        "peak_tflops": peak,
+        "fg_fraction": args.fg_fraction,
+    }
+    model_measurements = [m for m in MEASUREMENTS if m != "train_loader" and m in args.only]
+    two_stage_records: dict[tuple[str, str | None], dict] = {}  # (measurement, stage-2 path) -> record
+    if model_measurements:
+        two_stage = BenchModel(cfg, args.variant, args, device)
+        need_baseline = {"train_step", "eval"} & set(model_measurements)
+        baseline = BenchModel(cfg, "baseline_vit", args, device) if need_baseline else None
+        impls = ("packed", "dense") if args.variant == "two_stage_hard" else (None,)
+        for measurement in model_measurements:
+            cases = [Case(measurement, two_stage, impl) for impl in impls]
+            if measurement != "stage2_train" and baseline is not None:
+                cases.append(Case(measurement, baseline, None))
+            for case, record in zip(cases, measure_cases(cases, args, device, context)):
+                if case.bench is two_stage:
+                    two_stage_records[measurement, case.impl] = record
+                _emit(record)
+    if "train_loader" in args.only:
+        for record in loader_records(cfg, args.batch or cfg.data.loader.batch_size, args):
+            _emit(record)
+    if args.variant == "two_stage_hard" and model_measurements:
+        packed, dense = (
+            {m: two_stage_records[m, impl] for m in model_measurements} for impl in ("packed", "dense")
+        )
+        ratios = {  # medians of the interleaved runs: wall clock and CPU time
+            f"{m}_{name}_ratio": round(packed[m][key] / dense[m][key], 3)
+            for m in model_measurements
+            for name, key in (("ms", "ms_per_step"), ("cpu_ms", "cpu_ms_per_step"))
         }
-        print(json.dumps(ratio), flush=True)
+        _emit(
+            {
+                "measurement": "packed_dense_ratio",
+                "model": args.variant,
+                "fg_fraction": args.fg_fraction,
+                **ratios,
+                "device": str(device),
+                "threads": torch.get_num_threads(),
+            }
+        )
     return 0
 
 

@@ -135,6 +135,12 @@ class ModelSection(Section):
     part_dropout_stage2: float = Field(0.3, ge=0, lt=1, description="Whole-part dropout of the stage-2 mask.")
     mask_grad: Literal["none", "ste"] = "none"
     stage2_impl: Literal["packed", "dense"] = "packed"
+    stage1_position_free: bool = Field(
+        False,
+        description="Stage 1 without position embedding (not in the paper): its part maps then follow what a "
+        "patch and its context look like, never where the patch is, so the centre/border presence priors can "
+        "only be met by the object's appearance. Stage 2 keeps its positions.",
+    )
     freeze_backbone: bool = Field(False, description="Freeze stage-1 ViT except prefix tokens and pos-embed.")
     freeze_params_stage1: bool = False
     freeze_stage2: bool = False

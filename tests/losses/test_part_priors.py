@@ -57,23 +57,27 @@ def test_presence_needs_a_3x3_grid():
 
 # -------------------------------------------------------------------------------------- foreground presence
 def test_foreground_presence_hand_computed():
-    # image 0: a full 3x3 foreground block (parts 0 and 1 mixed) -> max pooled fg 1; image 1: fg 0.25
-    # everywhere -> 0.25. Loss = -(log 1 + log 0.25) / 2 = log(2)
-    fg = torch.zeros(2, 2, 4, 4)
-    fg[0, 0, :3, :3], fg[0, 1, :3, 1:3] = 0.5, 0.5
-    fg[0, 0, :3, 0] = 1.0
-    fg[1, 0] = 0.25
-    assert foreground_presence_loss(two_part_maps(fg)).item() == pytest.approx(math.log(2), rel=1e-5)
+    # 5x5 maps -> 3x3 pooled grid; centre weight 1 - R = [[0, .5, 0], [.5, 1, .5], [0, .5, 0]].
+    # image 0: parts 0 and 1 together fill the central 3x3 block -> pooled fg 1 at the centre -> m = 1.
+    # image 1: foreground 0.5 everywhere -> pooled 0.5, weighted max 0.5 at the centre -> m = 0.5.
+    fg = torch.zeros(2, 2, 5, 5)
+    fg[0, 0, 1:4, 1:4], fg[0, 1, 1:4, 1:4] = 0.25, 0.75
+    fg[1, 0] = 0.5
+    expected = -(math.log(1.0) + math.log(0.5)) / 2
+    assert foreground_presence_loss(two_part_maps(fg)).item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_foreground_presence_asks_every_image_for_an_object_not_just_one_in_the_batch():
+def test_foreground_presence_asks_every_image_for_an_object_near_its_centre():
     one_object = torch.zeros(2, 1, 5, 5)
     one_object[0, 0, 1:4, 1:4] = 1  # image 1 is all background
     assert presence_loss(two_part_maps(one_object)).item() == 0.0  # the batch-level prior is satisfied
     assert foreground_presence_loss(two_part_maps(one_object)).item() == pytest.approx(50.0)  # log clamp / 2
     both = one_object.clone()
-    both[1, 0, 2:, 2:] = 1
+    both[1, 0, 1:4, 1:4] = 1
     assert foreground_presence_loss(two_part_maps(both)).item() == pytest.approx(0.0, abs=1e-6)
+    in_a_corner = torch.zeros(2, 1, 5, 5)
+    in_a_corner[:, 0, :3, :3] = 1  # a full block where the centre weight is 0; the centre window sees 4/9
+    assert foreground_presence_loss(two_part_maps(in_a_corner)).item() == pytest.approx(math.log(9 / 4))
     assert_finite_gradient(foreground_presence_loss, torch.rand(2, 3, 5, 5).softmax(1))
 
 

@@ -76,3 +76,31 @@ def test_part_dropout_zeroes_whole_parts_in_training():
     assert zero_rows.any() and not zero_rows.all()
     kept = ~zero_rows
     torch.testing.assert_close(dropped[kept], fg.transpose(1, 2)[kept] * 2)  # survivors scaled by 1/(1-p)
+
+
+def shuffle_patches(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Images [B,3,H,W] with their PATCH x PATCH blocks rearranged: new block i is old block order[i]."""
+    from tests.models.tiny import PATCH
+
+    blocks = x.unfold(2, PATCH, PATCH).unfold(3, PATCH, PATCH)  # [B,3,G,G,P,P]
+    blocks = blocks.flatten(2, 3)[:, :, order].unflatten(2, (GRID, GRID))  # [B,3,G,G,P,P]
+    return blocks.permute(0, 1, 2, 4, 3, 5).reshape(x.shape)
+
+
+@pytest.mark.parametrize("position_free", [True, False])
+def test_position_free_stage1_assigns_parts_by_content_not_place(position_free):
+    stage1 = tiny_model("stage1_only", stage1_position_free=position_free).stage1.eval()
+    names = {name for name, _ in stage1.named_parameters()}
+    assert ("backbone.pos_embed" not in names) == position_free  # nothing to train, freeze or decay
+    x = images(2)
+    order = torch.randperm(GRID * GRID, generator=torch.Generator().manual_seed(0))
+    logits = stage1.part_scores(x).part_logits.flatten(2)  # [B,K+1,G*G]
+    moved = stage1.part_scores(shuffle_patches(x, order)).part_logits.flatten(2)
+    # without positions, moving the patches moves their part scores with them, unchanged
+    assert torch.allclose(moved, logits[:, :, order], atol=1e-4) == position_free
+
+
+def test_position_free_stage1_leaves_stage2_its_positions():
+    model = tiny_model("two_stage_hard", stage1_position_free=True)
+    assert model.stage1.backbone.pos_embed is None
+    assert model.stage2.backbone.pos_embed is not None

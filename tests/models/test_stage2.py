@@ -167,3 +167,38 @@ def test_patch_mask_of_wrong_shape_is_rejected():
         model(images(2), patch_mask=torch.ones(2, 15, dtype=torch.bool))
     with pytest.raises(ValueError, match="exactly one of hard_mask and soft_mask"):
         model.stage2(images(2))
+
+
+def test_length_groups_cut_sorted_images_into_near_equal_groups():
+    from hardmask.models.stage2 import length_groups
+
+    assert length_groups([1, 2, 3, 5, 8, 8, 9], 3) == [slice(0, 2), slice(2, 5), slice(5, 7)]
+    assert length_groups([4, 6, 7], 8) == [slice(0, 3)]  # fewer images than a group: one group
+    assert length_groups([5, 5, 5, 5, 9, 9], 2) == [slice(0, 4), slice(4, 6)]  # equal longest counts merge
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_packed_groups_pad_to_their_own_longest_image_and_still_equal_dense(mode, monkeypatch):
+    import hardmask.models.stage2 as stage2_module
+
+    model = tiny_model()
+    getattr(model, mode)()
+    model.stage2.pack_group_size = 2
+    x, mask = images(len(SHARES)), varied_mask()
+    labels = torch.arange(len(SHARES)) % 3
+    dense_logits, dense_grads = run_impl(model, "dense", x, mask, labels)
+    lengths = []
+    run_blocks = stage2_module.run_blocks
+    monkeypatch.setattr(
+        stage2_module,
+        "run_blocks",
+        lambda vit, t, m=None: lengths.append(t.shape[:2]) or run_blocks(vit, t, m),
+    )
+    packed_logits, packed_grads = run_impl(model, "packed", x, mask, labels)
+    prefix = model.stage2.num_prefix_tokens
+    kept = sorted(int(n) + prefix for n in mask.sum(1))  # 6 images -> 3 groups of 2, shortest first
+    assert lengths == [(2, kept[1]), (2, kept[3]), (2, kept[5])]
+    torch.testing.assert_close(packed_logits, dense_logits, atol=1e-5, rtol=0)
+    for name, grad in dense_grads.items():
+        scale = grad.abs().max().clamp_min(1e-12)
+        assert (packed_grads[name] - grad).abs().max() / scale < 1e-4, name

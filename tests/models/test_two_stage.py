@@ -195,3 +195,45 @@ def test_dinov2_reg4_base_at_518_builds_and_runs():
     # §1.7: two ViT-B/14 @518 backbones (86,582,016 each) + heads for K=8, C=2
     expected = 2 * 86_582_016 + 9 * 768 + 2 * 768 * 9 + 768 * 2 + 1536 + 768 * 2
     assert sum(p.numel() for p in model.parameters()) == expected
+
+
+@pytest.mark.parametrize("variant", ["two_stage_hard", "two_stage_soft", "stage1_only"])
+def test_classify_of_encoded_parts_equals_forward(variant):
+    # evaluation encodes a batch once and classifies it under every intervention setting
+    model = tiny_model(variant).eval()
+    x = images(3)
+    with torch.no_grad():
+        parts = model.encode_parts(x)
+        for interventions in (None, Interventions(part_ids_to_remove=(0,))):
+            split = model.classify(x, parts, interventions)
+            whole = model(x, interventions=interventions)
+            for field in ("logits", "stage1_logits", "part_maps", "hard_mask", "part_features"):
+                assert torch.equal(getattr(split, field), getattr(whole, field)), field
+
+
+def test_classify_reuses_stage2_logits_of_images_whose_mask_is_unchanged(monkeypatch):
+    model = tiny_model(seed=3).eval()
+    x = images(8)
+    with torch.no_grad():
+        parts = model.encode_parts(x)
+        plain = model.classify(x, parts)
+        for part in range(NUM_PARTS):  # a part that some images use and others do not
+            removal = Interventions(part_ids_to_remove=(part,))
+            expected = model.classify(x, parts, removal)
+            changed = (expected.hard_mask != plain.hard_mask).any(1)
+            if changed.any() and not changed.all():
+                break
+        else:
+            pytest.fail("every part is used by all images or none: no partial change to test")
+        seen = []
+        stage2_forward = model.stage2.forward
+        monkeypatch.setattr(
+            model.stage2, "forward", lambda im, *a, **k: seen.append(len(im)) or stage2_forward(im, *a, **k)
+        )
+        reused = model.classify(x, parts, removal, reuse=plain)
+    assert seen == [int(changed.sum())]  # stage 2 ran on the changed images only
+    assert torch.equal(reused.logits[~changed], plain.logits[~changed])
+    torch.testing.assert_close(reused.logits, expected.logits, atol=1e-5, rtol=0)
+    assert torch.equal(reused.hard_mask, expected.hard_mask)
+    with pytest.raises(ValueError, match="evaluation-only"):
+        model.train().classify(x, parts, reuse=plain)

@@ -199,8 +199,9 @@ def predict_split(
     ``overlays`` collects display samples from the ``none`` setting; ``autocast_dtype`` runs the forward
     passes under ``torch.autocast`` (metrics are computed from float32 copies of the outputs).
 
-    A model with parts (:func:`encodes_parts`) runs stage 1's backbone once per batch; each setting then
-    costs only the part maps, the mask and stage 2.
+    A model with parts (:func:`encodes_parts`) runs stage 1's backbone once per batch; each further setting
+    then costs the part maps, the mask, and stage 2 for the images whose mask it changes (the others keep the
+    first setting's logits: stage 2 sees the same tokens).
     """
     model.eval()
     collectors = {s.name: _Collector() for s in settings}
@@ -219,10 +220,12 @@ def predict_split(
         if split_forward:
             with amp():
                 parts = model.encode_parts(images)
+        first = None  # the first setting's output, whose stage-2 logits later settings reuse
         for setting in settings:
             with amp():
                 if split_forward:
-                    out = model.classify(images, parts, interventions[setting.name])
+                    out = model.classify(images, parts, interventions[setting.name], reuse=first)
+                    first = out if first is None else first
                 else:
                     out = model(images, fg_mask=fg_mask, interventions=interventions[setting.name])
             collector = collectors[setting.name]

@@ -63,7 +63,15 @@ GROUP_COLUMNS = (*EVAL_COLUMNS[:5], "group", "name", "n", "correct", "acc")
 FULL_SWEEP_SPLITS = ("val", "test")  # every intervention setting is evaluated on these, val first
 PART_VARIANTS = ("two_stage_hard", "two_stage_soft", "stage1_only")  # variants with stage-1 parts
 
-__all__ = ["EvaluationError", "evaluate_all", "evaluate_run", "eval_dir_of", "eval_table_path", "run_dir_of", "split_metrics"]
+__all__ = [
+    "EvaluationError",
+    "evaluate_all",
+    "evaluate_run",
+    "eval_dir_of",
+    "eval_table_path",
+    "run_dir_of",
+    "split_metrics",
+]
 
 
 # ----------------------------------------------------------------------------------------- metrics

@@ -59,15 +59,19 @@ def enforced_presence_loss(maps: Tensor) -> Tensor:
 
 
 def foreground_presence_loss(maps: Tensor) -> Tensor:
-    """Foreground presence in every image: ``mean_b BCE(max_ij AvgPool3x3(1 - A_bg)_ij, 1)``.
+    """Foreground presence towards the centre: ``mean_b BCE(max_ij (AvgPool3x3(1 - A_bg) * (1 - R))_ij, 1)``.
 
-    Not in the paper: the counterpart of :func:`enforced_presence_loss` for the object ("every training image
-    shows one"). The reference's presence loss takes its max over the whole batch, so a from-scratch stage 1
-    satisfies it with a few foreground tokens in a few images and labels most objects background; this term
-    asks for a 3x3 foreground block (any mix of the K parts) in each image. 0 when every image has one.
+    Not in the paper: the mirror image of :func:`enforced_presence_loss` (background towards the border),
+    with all K foreground parts together and the radial weight reversed (1 in the centre, 0 in the corners).
+    The reference's presence loss takes its max over the whole batch, so a from-scratch stage 1 satisfies it
+    with a few foreground tokens in a few images; this term asks every image for a foreground 3x3 block near
+    its centre, the place where photographs (and the benchmark) put the object. 0 when each image has one in
+    the very centre.
     """
     fg = 1 - _check_maps(maps, "foreground_presence_loss", POOL)[:, -1:]  # [B,1,h,w], all parts together
-    per_image = F.avg_pool2d(fg, POOL, stride=1)[:, 0].amax(dim=(-2, -1))  # [B]
+    pooled = F.avg_pool2d(fg, POOL, stride=1)[:, 0]  # [B,h-2,w-2]
+    centre_weight = 1 - border_weight(*pooled.shape[-2:], device=pooled.device)
+    per_image = (pooled * centre_weight).amax(dim=(-2, -1))  # [B]
     return -per_image.log().clamp_min(-100).mean()
 
 

@@ -6,7 +6,7 @@ from hardmask.models.interventions import Interventions, apply_interventions
 from hardmask.models.mask import PatchMask, oracle_patch_mask, sample_patch_mask
 from hardmask.models.outputs import ModelOutput
 from hardmask.models.registry import apply_freezing, build_model
-from hardmask.models.stage1 import PartDiscoveryViT, Stage1Output
+from hardmask.models.stage1 import PartDiscoveryViT, PartScores, Stage1Output
 from hardmask.models.stage2 import MaskedViT
 from hardmask.models.two_stage import TwoStageViT
 from hardmask.models.weights import WeightsError, create_backbone, load_reference_checkpoint
@@ -20,6 +20,7 @@ __all__ = [
     "OracleMaskModel",
     "ParamRole",
     "PartDiscoveryViT",
+    "PartScores",
     "PatchMask",
     "Stage1OnlyModel",
     "Stage1Output",

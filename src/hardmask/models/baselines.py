@@ -76,10 +76,16 @@ class Stage1OnlyModel(nn.Module):
         return self.classify(images, self.encode_parts(images), interventions)
 
     def classify(
-        self, images: Tensor, parts: PartScores, interventions: Interventions | None = None
+        self,
+        images: Tensor,
+        parts: PartScores,
+        interventions: Interventions | None = None,
+        *,
+        reuse: ModelOutput | None = None,
     ) -> ModelOutput:
-        """The forward pass from ``parts = encode_parts(images)`` (``images`` unused: stage 1 is done)."""
-        del images
+        """The forward pass from ``parts = encode_parts(images)`` (see ``TwoStageViT.classify``; ``images``
+        and ``reuse`` are unused: there is no stage 2 to run or skip)."""
+        del images, reuse
         s1 = self.stage1.classify_parts(parts, interventions)
         mask = sample_patch_mask(
             s1.part_logits, tau=self.stage1.tau, part_dropout=0.0, training=self.training,

@@ -42,6 +42,7 @@ def build_model(variant: str, model_cfg: ModelSection, num_classes: int, image_s
             gumbel_softmax=model_cfg.gumbel_softmax,
             tau=model_cfg.gumbel_tau,
             stochastic_eval=model_cfg.stochastic_eval,
+            position_free=model_cfg.stage1_position_free,
         )
 
     def stage2() -> MaskedViT:

@@ -59,9 +59,16 @@ class PartDiscoveryViT(nn.Module):
         gumbel_softmax: bool = True,
         tau: float = 1.0,
         stochastic_eval: bool = False,
+        position_free: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = prepare_backbone(backbone, "stage 1")
+        if position_free:
+            # timm adds no position embedding when it is None (prefix tokens are still prepended): every
+            # token's part assignment is then a function of its content and the set of tokens around it.
+            # Why: trained from scratch with a learnable position embedding, stage 1 meets "foreground near
+            # the centre, background at the border" by position alone and never looks for the object.
+            self.backbone.pos_embed = None
         dim = backbone.embed_dim
         self.num_parts = num_parts
         self.gumbel_softmax = gumbel_softmax

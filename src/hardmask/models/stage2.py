@@ -139,8 +139,8 @@ class MaskedViT(nn.Module):
         flat_tokens = tokens.reshape(batch * num_tokens, dim)
         class_tokens = []
         for group in length_groups(counts, self.pack_group_size):
-            images, length = by_length[group], counts[group.stop - 1]
-            rows = images[:, None] * num_tokens + token_order[images, :length]  # [n,L] into flat_tokens
+            image_ids, length = by_length[group], counts[group.stop - 1]  # [n], the group's longest count
+            rows = image_ids[:, None] * num_tokens + token_order[image_ids, :length]  # [n,L] into flat_tokens
             packed = flat_tokens[rows]  # [n,L,D]: one gather
             if counts[group.start] == length:
                 packed = run_blocks(self.backbone, packed)  # no padding: plain (fastest) attention

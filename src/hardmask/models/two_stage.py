@@ -101,9 +101,15 @@ class TwoStageViT(nn.Module):
         interventions: Interventions | None = None,
         *,
         patch_mask: Tensor | None = None,
+        reuse: ModelOutput | None = None,
     ) -> ModelOutput:
         """The rest of the forward pass from ``parts = encode_parts(images)``: interventions, part maps and
-        features, stage-1 logits, the patch mask and stage 2 on ``images`` [B,3,H,W]."""
+        features, stage-1 logits, the patch mask and stage 2 on ``images`` [B,3,H,W].
+
+        ``reuse`` (evaluation only): an earlier output of the same images, e.g. without intervention.
+        Stage 2's logits depend on an image and its mask only, so the images whose mask is unchanged keep
+        ``reuse``'s logits and only the others go through stage 2.
+        """
         s1 = self.stage1.classify_parts(parts, interventions)
         mask = sample_patch_mask(
             s1.part_logits,
@@ -115,10 +121,9 @@ class TwoStageViT(nn.Module):
         )
         if patch_mask is not None:
             mask = _override(mask, patch_mask)
-        if self.soft_masks:
-            logits = self.stage2(images, soft_mask=mask.soft)
-        else:
-            logits = self.stage2(images, mask.hard, ste_mask=mask.ste)
+        logits = (
+            self._stage2(images, mask) if reuse is None else self._stage2_where_changed(images, mask, reuse)
+        )
         return ModelOutput(
             logits=logits,
             stage1_logits=s1.logits,
@@ -129,6 +134,25 @@ class TwoStageViT(nn.Module):
             soft_mask=mask.soft,
             part_features=s1.part_features,
         )
+
+    def _stage2(self, images: Tensor, mask: PatchMask) -> Tensor:
+        if self.soft_masks:
+            return self.stage2(images, soft_mask=mask.soft)
+        return self.stage2(images, mask.hard, ste_mask=mask.ste)
+
+    def _stage2_where_changed(self, images: Tensor, mask: PatchMask, reuse: ModelOutput) -> Tensor:
+        """Logits [B,C]: ``reuse.logits`` where the mask stage 2 sees is unchanged, stage 2 elsewhere."""
+        if self.training:
+            raise ValueError("classify(reuse=...) is evaluation-only (stage 2 is stochastic in training)")
+        if self.soft_masks:
+            changed = (mask.soft != reuse.soft_mask).any(dim=1)  # [B]
+        else:
+            changed = (mask.hard != reuse.hard_mask).any(dim=1)  # [B]
+        rows = changed.nonzero().squeeze(1)  # [n]
+        logits = reuse.logits.clone()
+        if len(rows) > 0:
+            logits[rows] = self._stage2(images[rows], PatchMask(hard=mask.hard[rows], soft=mask.soft[rows]))
+        return logits
 
 
 def _override(sampled: PatchMask, patch_mask: Tensor) -> PatchMask:
