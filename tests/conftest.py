@@ -20,9 +20,17 @@ TINY_OVERRIDES = {
         "synthetic": {"image_size": 32, "n_train": 128, "n_val": 64, "n_test": 64, "n_ood": 32},
         "loader": {"batch_size": 16, "eval_batch_size": 64, "num_workers": 0, "pin_memory": False},
     },
-    "model": {"backbone": {"kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}}, "num_parts": 2},
+    "model": {
+        "backbone": {"kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}},
+        "num_parts": 2,
+    },
     "optim": {"epochs": 2, "warmup_epochs": 0.0, "reference_batch_size": 16},
-    "train": {"variants": ["two_stage_hard"], "seeds": [0], "checkpoint_every_steps": 2, "log_every_steps": 1},
+    "train": {
+        "variants": ["two_stage_hard"],
+        "seeds": [0],
+        "checkpoint_every_steps": 2,
+        "log_every_steps": 1,
+    },
     "cluster": {"executor": "debug"},
 }
 

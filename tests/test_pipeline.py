@@ -44,13 +44,16 @@ def test_dvc_repro_runs_every_stage_then_nothing_then_only_what_changed(tmp_path
         shutil.copytree(REPO / folder, work / folder, ignore=shutil.ignore_patterns("__pycache__"))
 
     params = yaml.safe_load((work / "params.yaml").read_text())
-    tiny = deep_merge(TINY_OVERRIDES, {
-        "optim": {"epochs": 1},
-        "train": {"variants": ["baseline_vit", "two_stage_hard"], "seeds": [0, 1]},
-        "cluster": {"executor": "local", "array_parallelism": 2},
-        "evaluate": {"threshold_quantiles": [0.05]},
-        "report": {"overlay_per_group": 1},
-    })
+    tiny = deep_merge(
+        TINY_OVERRIDES,
+        {
+            "optim": {"epochs": 1},
+            "train": {"variants": ["baseline_vit", "two_stage_hard"], "seeds": [0, 1]},
+            "cluster": {"executor": "local", "array_parallelism": 2},
+            "evaluate": {"threshold_quantiles": [0.05]},
+            "report": {"overlay_per_group": 1},
+        },
+    )
     (work / "params.yaml").write_text(yaml.safe_dump(deep_merge(params, tiny), sort_keys=False))
 
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}

@@ -32,7 +32,9 @@ class Section(BaseModel):
 
 # --------------------------------------------------------------------------------------------------- base
 class BaseSection(Section):
-    seed: int = Field(0, ge=0, description="Seed of everything that is not a training seed (data generation).")
+    seed: int = Field(
+        0, ge=0, description="Seed of everything that is not a training seed (data generation)."
+    )
     preset: str | None = Field(None, description="Optional preset file merged over params.yaml.")
     data_dir: str = "data"
     runs_dir: str = "runs/train"
@@ -77,7 +79,10 @@ class AugmentSection(Section):
     scale: tuple[float, float] = (0.9, 1.1)
     color_jitter: float = Field(0.1, ge=0, le=1)
     planckian_jitter: float = Field(
-        0.0, ge=0, le=1, description="Probability of PlanckianJitter (blackbody), as the reference's cub_original."
+        0.0,
+        ge=0,
+        le=1,
+        description="Probability of PlanckianJitter (blackbody), as the reference's cub_original.",
     )
 
 
@@ -89,16 +94,20 @@ class LoaderSection(Section):
 
 
 class DataSection(Section):
-    dataset: Literal["synthetic", "waterbirds", "cub", "cub_waterbirds", "metashift", "imagenet", "imagenet9"] = (
-        "synthetic"
-    )
+    dataset: Literal[
+        "synthetic", "waterbirds", "cub", "cub_waterbirds", "metashift", "imagenet", "imagenet9"
+    ] = "synthetic"
     root: str | None = Field(None, description="Dataset directory; default <base.data_dir>/<dataset>.")
     download: bool = Field(False, description="Download the public archives of the dataset if missing.")
     image_size: int = Field(64, ge=16, le=1024, description="Model input side, pixels.")
     mask_dir: str | None = Field(None, description="Optional directory of ground-truth foreground masks.")
     in9_mapping: str | None = Field(None, description="Path of in_to_in9.json for ImageNet-9 evaluation.")
-    metashift_val_fraction: float = Field(0.2, gt=0, lt=1, description="Share of MetaShift test carved as val.")
-    cub_val_fraction: float = Field(0.1, gt=0, lt=1, description="Share of CUB train held out as val (per class).")
+    metashift_val_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Share of MetaShift test carved as val."
+    )
+    cub_val_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Share of CUB train held out as val (per class)."
+    )
     synthetic: SyntheticSection = SyntheticSection()
     augment: AugmentSection = AugmentSection()
     loader: LoaderSection = LoaderSection()
@@ -113,7 +122,9 @@ class BackboneSection(Section):
         default_factory=lambda: {"patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 3},
         description="Architecture overrides passed to timm.create_model (patch_size, embed_dim, reg_tokens, ...).",
     )
-    pretrained: bool = Field(False, description="Load timm pretrained weights (needs the hub or a local file).")
+    pretrained: bool = Field(
+        False, description="Load timm pretrained weights (needs the hub or a local file)."
+    )
     checkpoint_path: str | None = Field(None, description="Local weights file for the backbone (offline).")
     pos_embed_init: Literal["timm", "sincos"] = Field(
         "timm",
@@ -131,7 +142,9 @@ class ModelSection(Section):
     gumbel_tau: float = Field(1.0, gt=0)
     gumbel_softmax: bool = True
     stochastic_eval: bool = Field(False, description="Reproduce the reference's Gumbel noise at evaluation.")
-    part_dropout: float = Field(0.3, ge=0, lt=1, description="Dropout1d on part features before stage-1 head.")
+    part_dropout: float = Field(
+        0.3, ge=0, lt=1, description="Dropout1d on part features before stage-1 head."
+    )
     part_dropout_stage2: float = Field(0.3, ge=0, lt=1, description="Whole-part dropout of the stage-2 mask.")
     mask_grad: Literal["none", "ste"] = "none"
     stage2_impl: Literal["packed", "dense"] = "packed"
@@ -246,7 +259,9 @@ class ClusterSection(Section):
 
 # --------------------------------------------------------------------------------------------------- tracking
 class TrackingSection(Section):
-    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI; MLFLOW_TRACKING_URI wins if set.")
+    uri: str = Field(
+        "sqlite:///mlflow.db", description="MLflow tracking URI; MLFLOW_TRACKING_URI wins if set."
+    )
     experiment: str = "hardmask"
     log_system_metrics: bool = False
 
@@ -331,7 +346,9 @@ def _format_errors(source: str, exc: ValidationError) -> str:
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "<top level>"
         if err["type"] == "extra_forbidden":
-            lines.append(f"  - {key}: unknown key (check its spelling against the schema in hardmask/config.py)")
+            lines.append(
+                f"  - {key}: unknown key (check its spelling against the schema in hardmask/config.py)"
+            )
         else:
             got = err.get("input")
             got_s = "" if isinstance(got, dict) else f" (got {got!r})"
@@ -347,7 +364,9 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
 
 
 def load_config(
-    path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = (), root: str | Path | None = None
+    path: str | Path = "params.yaml",
+    overrides: list[str] | tuple[str, ...] = (),
+    root: str | Path | None = None,
 ) -> Config:
     """Load ``params.yaml``, merge the selected preset, then ``overrides``; validate the result."""
     path = Path(path)

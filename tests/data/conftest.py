@@ -115,8 +115,9 @@ def http_server() -> Iterator[ServedFiles]:
             if status == 206:
                 self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
             self.end_headers()
-            self.wfile.write(chunk)
+            # counted before writing: the client can finish reading before this thread runs again
             served.bytes_sent += len(chunk)
+            self.wfile.write(chunk)
 
         def log_message(self, *args) -> None:
             pass

@@ -159,7 +159,9 @@ def test_requeued_job_continues_the_same_run(cfg: Config, tmp_path: Path, caplog
     assert len(_runs(uri, kind="train")) == 1
     client = MlflowClient(uri)
     assert [m.step for m in client.get_metric_history(first.run_id, "train/loss")] == [1, 2]
-    assert float(client.get_run(first.run_id).data.params["optim.lr"]) == cfg.optim.lr != 0.5  # MLflow params are immutable
+    assert (
+        float(client.get_run(first.run_id).data.params["optim.lr"]) == cfg.optim.lr != 0.5
+    )  # MLflow params are immutable
     assert "optim.lr" in caplog.text
 
 

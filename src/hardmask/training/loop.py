@@ -34,7 +34,12 @@ from torch.utils.data import DataLoader
 
 from hardmask.config import Config, save_config
 from hardmask.io import atomic_write_json, atomic_write_text
-from hardmask.training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from hardmask.training.checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from hardmask.training.distributed import DistContext, all_reduce_grads, barrier
 from hardmask.training.sampler import ResumableSampler, SeededSamples
 
@@ -197,7 +202,9 @@ class _Progress:
 
 
 # ----------------------------------------------------------------------------------------------- train
-def train(cfg: Config, variant: str, seed: int, run_dir: str | Path, dist: DistContext | None = None) -> TrainResult:
+def train(
+    cfg: Config, variant: str, seed: int, run_dir: str | Path, dist: DistContext | None = None
+) -> TrainResult:
     from hardmask.data import build_dataset
     from hardmask.losses import Criterion
     from hardmask.models import build_model
@@ -228,13 +235,17 @@ def train(cfg: Config, variant: str, seed: int, run_dir: str | Path, dist: DistC
     loader_cfg = cfg.data.loader
     sampler = ResumableSampler(len(train_set), loader_cfg.batch_size, seed, dist.rank, dist.world_size)
     pin = loader_cfg.pin_memory and device.type == "cuda"
-    train_loader = make_loader(SeededSamples(train_set, seed), loader_cfg.batch_size, loader_cfg.num_workers, pin, sampler)
+    train_loader = make_loader(
+        SeededSamples(train_set, seed), loader_cfg.batch_size, loader_cfg.num_workers, pin, sampler
+    )
     val_loader = make_loader(val_set, loader_cfg.eval_batch_size, loader_cfg.num_workers, pin)
 
     accum = cfg.optim.grad_accumulation
     updates_per_epoch = max(1, sampler.batches_per_epoch // accum)
     total_updates = updates_per_epoch * cfg.optim.epochs
-    groups = build_param_groups(model, variant, cfg, steps_per_epoch=updates_per_epoch, world_size=dist.world_size)
+    groups = build_param_groups(
+        model, variant, cfg, steps_per_epoch=updates_per_epoch, world_size=dist.world_size
+    )
     optimizer = build_optimizer(groups, cfg)
     warmup = round(cfg.optim.warmup_epochs * updates_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -254,7 +265,9 @@ def train(cfg: Config, variant: str, seed: int, run_dir: str | Path, dist: DistC
     if last_path.exists():
         ckpt = load_checkpoint(last_path, map_location=device)
         if ckpt.get("variant") != variant or ckpt.get("seed") != seed:
-            raise TrainingError(f"{last_path}: belongs to {ckpt.get('variant')}/seed{ckpt.get('seed')}, not {variant}")
+            raise TrainingError(
+                f"{last_path}: belongs to {ckpt.get('variant')}/seed{ckpt.get('seed')}, not {variant}"
+            )
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -265,12 +278,19 @@ def train(cfg: Config, variant: str, seed: int, run_dir: str | Path, dist: DistC
         history = list(ckpt["history"])
         mlflow_run_id = ckpt.get("mlflow_run_id")
         restore_rng_state(ckpt["rng"][min(dist.rank, len(ckpt["rng"]) - 1)])
-        log.info("resumed %s from epoch %d batch %d (step %d)", last_path, state.epoch, state.batch_in_epoch, state.global_step)
+        log.info(
+            "resumed %s from epoch %d batch %d (step %d)",
+            last_path,
+            state.epoch,
+            state.batch_in_epoch,
+            state.global_step,
+        )
     else:
         torch.manual_seed(seed * 1000 + dist.rank)
 
-    tracker = RunTracker.for_training(cfg, variant=variant, seed=seed, run_dir=run_dir, run_id=mlflow_run_id,
-                                      enabled=dist.is_main)
+    tracker = RunTracker.for_training(
+        cfg, variant=variant, seed=seed, run_dir=run_dir, run_id=mlflow_run_id, enabled=dist.is_main
+    )
     tracker.log_params({"lr_scaling": groups.scaling_note, **groups.summary()})
 
     def checkpoint(path: Path) -> None:
@@ -280,17 +300,31 @@ def train(cfg: Config, variant: str, seed: int, run_dir: str | Path, dist: DistC
             torch.distributed.all_gather_object(gathered, rng[0])
             rng = gathered
         if dist.is_main:
-            save_checkpoint(path, {
-                "variant": variant, "seed": seed, "config": cfg.dump(),
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None,
-                "loop": asdict(state), "history": history, "rng": rng, "mlflow_run_id": tracker.run_id,
-            })
+            save_checkpoint(
+                path,
+                {
+                    "variant": variant,
+                    "seed": seed,
+                    "config": cfg.dump(),
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None,
+                    "loop": asdict(state),
+                    "history": history,
+                    "rng": rng,
+                    "mlflow_run_id": tracker.run_id,
+                },
+            )
 
     total_batches = sampler.batches_per_epoch * cfg.optim.epochs
-    progress = _Progress(total_batches, state.epoch * sampler.batches_per_epoch + state.batch_in_epoch,
-                         cfg.train.log_every_steps, dist.is_main)
+    progress = _Progress(
+        total_batches,
+        state.epoch * sampler.batches_per_epoch + state.batch_in_epoch,
+        cfg.train.log_every_steps,
+        dist.is_main,
+    )
     images_seen, train_seconds = 0, 0.0
     try:
         while state.epoch < cfg.optim.epochs:
@@ -328,7 +362,10 @@ def train(cfg: Config, variant: str, seed: int, run_dir: str | Path, dist: DistC
                     updated = True
                 else:
                     updated = False
-                terms = {"loss": float(losses.total.detach()), **{k: float(v.detach()) for k, v in losses.terms.items()}}
+                terms = {
+                    "loss": float(losses.total.detach()),
+                    **{k: float(v.detach()) for k, v in losses.terms.items()},
+                }
                 state.epoch_batches += 1
                 state.epoch_seen += labels.numel()
                 state.epoch_correct += int((out.logits.argmax(-1) == labels).sum())
@@ -336,12 +373,16 @@ def train(cfg: Config, variant: str, seed: int, run_dir: str | Path, dist: DistC
                     state.epoch_sums[name] = state.epoch_sums.get(name, 0.0) + value
                 if updated and state.global_step % cfg.train.log_every_steps == 0:
                     lr = optimizer.param_groups[0]["lr"]
-                    tracker.log_metrics({f"train/{k}": v for k, v in terms.items()} | {"train/lr": lr},
-                                        step=state.global_step)
+                    tracker.log_metrics(
+                        {f"train/{k}": v for k, v in terms.items()} | {"train/lr": lr}, step=state.global_step
+                    )
                 if updated and state.global_step % cfg.train.checkpoint_every_steps == 0:
                     checkpoint(last_path)
-                progress.update(state.epoch * sampler.batches_per_epoch + state.batch_in_epoch, total_batches,
-                                {"loss": terms["loss"]})
+                progress.update(
+                    state.epoch * sampler.batches_per_epoch + state.batch_in_epoch,
+                    total_batches,
+                    {"loss": terms["loss"]},
+                )
             epoch_seconds = time.perf_counter() - t_epoch
             seen = state.epoch_seen
             images_seen += seen * dist.world_size
@@ -350,7 +391,8 @@ def train(cfg: Config, variant: str, seed: int, run_dir: str | Path, dist: DistC
             eval_model = ema.module if ema is not None else model
             val = validate(eval_model, val_loader, device, variant) if dist.is_main else {}
             row = {
-                "epoch": state.epoch + 1, "step": state.global_step,
+                "epoch": state.epoch + 1,
+                "step": state.global_step,
                 **{f"train_{k}": v / max(1, state.epoch_batches) for k, v in state.epoch_sums.items()},
                 "train_acc": state.epoch_correct / max(1, seen),
                 "lr": optimizer.param_groups[0]["lr"],
@@ -362,16 +404,32 @@ def train(cfg: Config, variant: str, seed: int, run_dir: str | Path, dist: DistC
             state.batch_in_epoch = 0
             state.epoch_sums, state.epoch_batches, state.epoch_correct, state.epoch_seen = {}, 0, 0, 0
             if dist.is_main:
-                tracker.log_metrics({f"epoch/{k}": float(v) for k, v in row.items() if k != "epoch"}, step=state.global_step)
+                tracker.log_metrics(
+                    {f"epoch/{k}": float(v) for k, v in row.items() if k != "epoch"}, step=state.global_step
+                )
                 if val["val_worst_group_acc"] > state.best_metric:
                     state.best_metric, state.best_epoch = val["val_worst_group_acc"], state.epoch
-                    save_checkpoint(ckpt_dir / "best.pt", {
-                        "variant": variant, "seed": seed, "config": cfg.dump(), "epoch": state.epoch,
-                        "model": eval_model.state_dict(), "val": val, "mlflow_run_id": tracker.run_id,
-                    })
-                log.info("epoch %d/%d %s", state.epoch, cfg.optim.epochs,
-                         " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)))
-            if dist.world_size > 1:  # best-metric decisions are rank 0's; share them so every rank saves alike
+                    save_checkpoint(
+                        ckpt_dir / "best.pt",
+                        {
+                            "variant": variant,
+                            "seed": seed,
+                            "config": cfg.dump(),
+                            "epoch": state.epoch,
+                            "model": eval_model.state_dict(),
+                            "val": val,
+                            "mlflow_run_id": tracker.run_id,
+                        },
+                    )
+                log.info(
+                    "epoch %d/%d %s",
+                    state.epoch,
+                    cfg.optim.epochs,
+                    " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)),
+                )
+            if (
+                dist.world_size > 1
+            ):  # best-metric decisions are rank 0's; share them so every rank saves alike
                 obj = [asdict(state)]
                 torch.distributed.broadcast_object_list(obj, src=0)
                 state = LoopState(**obj[0])
@@ -385,8 +443,13 @@ def train(cfg: Config, variant: str, seed: int, run_dir: str | Path, dist: DistC
 
     final = history[-1] if history else {}
     result = TrainResult(
-        variant=variant, seed=seed, run_dir=str(run_dir), epochs=cfg.optim.epochs, steps=state.global_step,
-        best_epoch=state.best_epoch, best_val_worst_group_acc=float(state.best_metric),
+        variant=variant,
+        seed=seed,
+        run_dir=str(run_dir),
+        epochs=cfg.optim.epochs,
+        steps=state.global_step,
+        best_epoch=state.best_epoch,
+        best_val_worst_group_acc=float(state.best_metric),
         last_val_avg_acc=float(final.get("val_avg_acc", float("nan"))),
         last_val_worst_group_acc=float(final.get("val_worst_group_acc", float("nan"))),
         train_images_per_s=images_seen / max(train_seconds, 1e-9) if train_seconds else float("nan"),

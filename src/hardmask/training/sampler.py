@@ -66,7 +66,9 @@ class ResumableSampler(Sampler[int]):
         return (self.batches_per_epoch - self.skip_batches) * self.batch_size
 
     def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]))
+        g = torch.Generator().manual_seed(
+            int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
+        )
         perm = torch.randperm(self.n, generator=g)
         global_batch = self.batch_size * self.world_size
         for b in range(self.skip_batches, self.batches_per_epoch):
