@@ -155,3 +155,13 @@ def test_classification_hand_computed():
     smoothed = classification_loss(logits, torch.tensor([1]), label_smoothing=0.2)
     assert smoothed.item() == pytest.approx(0.9 * -math.log(0.75) + 0.1 * -math.log(0.25))
     assert_finite_gradient(lambda t: classification_loss(t, torch.tensor([0])), logits)
+
+
+def test_presence_priors_have_finite_gradients_when_the_max_is_zero():
+    # 4x4 token grid -> 2x2 after the 3x3 pool: the radial weights are 1 (border) or 0 (centre) everywhere, so
+    # the foreground term's max is exactly 0; its gradient must stay finite (it was NaN before)
+    logits = torch.randn(2, 3, 4, 4, requires_grad=True)
+    maps = logits.softmax(dim=1)
+    total = foreground_presence_loss(maps) + enforced_presence_loss(maps)
+    total.backward()
+    assert torch.isfinite(total) and torch.isfinite(logits.grad).all()

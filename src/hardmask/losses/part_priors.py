@@ -44,18 +44,30 @@ def border_weight(height: int, width: int, device: torch.device | None = None) -
     return radius / radius.max()
 
 
+def _bce_to_one(probs: Tensor) -> Tensor:
+    """``mean(-log p)`` with the log clamped at -100, in float32 outside autocast, as ``binary_cross_entropy``.
+
+    Why not ``-p.log().clamp_min(-100)``: at p = 0 its backward multiplies an infinite log-gradient by the
+    clamp's zero and gives NaN (a 2x2 pooled grid, where the radial weight is 0 or 1 everywhere, hits it).
+    PyTorch's BCE bounds the gradient instead; it refuses half precision, hence the float32 island.
+    """
+    with torch.autocast(device_type=probs.device.type, enabled=False):
+        probs = probs.float().clamp(0.0, 1.0)
+        return F.binary_cross_entropy(probs, torch.ones_like(probs))
+
+
 def enforced_presence_loss(maps: Tensor) -> Tensor:
     """Background presence near the border: ``mean_b BCE(max_ij (AvgPool3x3(A_bg) * R)_ij, 1)``.
 
     Every image must have a 3x3 background neighbourhood towards its corners; 0 when the background fills a
     corner. BCE against 1 is ``-log m``, with the log clamped at -100 as PyTorch's ``binary_cross_entropy``
-    does (written out because that function refuses to run under autocast).
+    does (see :func:`_bce_to_one`).
     """
     bg = _check_maps(maps, "enforced_presence_loss", POOL)[:, -1:]
     pooled = F.avg_pool2d(bg, POOL, stride=1)[:, 0]  # [B,h-2,w-2]
     weighted = pooled * border_weight(*pooled.shape[-2:], device=pooled.device)
     per_image = weighted.amax(dim=(-2, -1))  # [B]
-    return -per_image.log().clamp_min(-100).mean()
+    return _bce_to_one(per_image)
 
 
 def foreground_presence_loss(maps: Tensor) -> Tensor:
@@ -72,7 +84,7 @@ def foreground_presence_loss(maps: Tensor) -> Tensor:
     pooled = F.avg_pool2d(fg, POOL, stride=1)[:, 0]  # [B,h-2,w-2]
     centre_weight = 1 - border_weight(*pooled.shape[-2:], device=pooled.device)
     per_image = (pooled * centre_weight).amax(dim=(-2, -1))  # [B]
-    return -per_image.log().clamp_min(-100).mean()
+    return _bce_to_one(per_image)
 
 
 def total_variation_loss(maps: Tensor) -> Tensor:
