@@ -19,7 +19,7 @@ from hardmask.config import config_from_dict  # noqa: E402
 from hardmask.data import build_dataset  # noqa: E402
 from hardmask.evaluation.metrics import pool_mask_to_patches  # noqa: E402
 from hardmask.models import build_model  # noqa: E402
-from hardmask.training.loop import model_normalization  # noqa: E402
+from hardmask.models.backbone import input_normalization  # noqa: E402
 
 
 def main(weights: Path, out: Path, count: int = 8) -> None:
@@ -30,7 +30,7 @@ def main(weights: Path, out: Path, count: int = 8) -> None:
     )
     model.load_state_dict(saved["model"])
     model.eval()
-    mean, std = model_normalization(model)
+    mean, std = input_normalization(model)
     dataset = build_dataset(cfg, "val", train=False, mean=mean, std=std)
     samples = [dataset[i] for i in range(0, 40 * count, 40)]
     images = torch.stack([s["image"] for s in samples])

@@ -153,9 +153,9 @@ def main() -> None:
     cfg = setting_config(args.name, args.set, args.params, ("val",))
     ensure_data(cfg)
     from hardmask.models import build_model
-    from hardmask.training.loop import model_normalization
+    from hardmask.models.backbone import input_normalization
 
-    mean, std = model_normalization(build_model("baseline_vit", cfg.model, 2, cfg.data.image_size))
+    mean, std = input_normalization(build_model("baseline_vit", cfg.model, 2, cfg.data.image_size))
     t0 = time.perf_counter()
     train = load_split(cfg, "train", mean, std)
     val = load_split(cfg, "val", mean, std)

@@ -7,26 +7,16 @@ Outputs: ``<reports_dir>/eval/eval.csv`` (tidy rows, see :mod:`hardmask.evaluati
 
 from __future__ import annotations
 
-import argparse
-import logging
 from pathlib import Path
 
-from hardmask.config import load_config
+from hardmask.config import stage_cli
 from hardmask.evaluation.runner import eval_table_path, evaluate_all
 from hardmask.evaluation.tidy import summarize
 from hardmask.io import atomic_write_json, atomic_write_text
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
-    )
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-
-    cfg = load_config(args.params, overrides=args.set)
+    cfg, _ = stage_cli(__doc__)
     table = evaluate_all(cfg)
     atomic_write_text(eval_table_path(cfg), table.to_csv(index=False))
     atomic_write_json(Path(cfg.base.reports_dir) / "metrics.json", summarize(table))

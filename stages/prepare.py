@@ -1,84 +1,27 @@
 """DVC stage `prepare`: generate the built-in benchmark (or check/download a real dataset), write its manifest
-and a figure of samples per group.
+and a figure of samples per group (see :mod:`hardmask.data.prepare`).
 
-Outputs: the dataset under ``cfg.data_root`` (generated: replaced atomically, skipped when its manifest
-matches the config), ``<base.data_dir>/<dataset>/manifest.json`` (dataset, root, fingerprint, split sizes) and
-``<base.reports_dir>/samples.png`` (outside ``figures/``, which the report stage owns).
+Outputs: the dataset under ``cfg.data_root``, ``<base.data_dir>/<dataset>/manifest.json`` and
+``<base.reports_dir>/samples.png``.
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import logging
-import os
-import time
-from pathlib import Path
 
-from hardmask.config import Config, load_config
-from hardmask.data import build_dataset, ensure_dataset, generate_synthetic, is_up_to_date
-from hardmask.data.preview import save_sample_grid
-from hardmask.data.synthetic import load_manifest
-from hardmask.io import atomic_write_json
-
-log = logging.getLogger("hardmask.prepare")
-MANIFEST = "manifest.json"
-PREVIEW_SPLIT = {"imagenet9": "original"}  # datasets without a train split
-
-
-def listing_fingerprint(root: Path) -> str:
-    """sha256 over the relative path and size of every data file below ``root`` (cheap for 1M files)."""
-    digest = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            if path == root / MANIFEST:  # our own output, when the manifest lives in the dataset root
-                continue
-            digest.update(f"{path.relative_to(root)}\0{path.stat().st_size}\n".encode())
-    return digest.hexdigest()
-
-
-def prepare(cfg: Config, num_workers: int = 2) -> dict:
-    """Make the dataset available and return its manifest."""
-    start = time.perf_counter()
-    root = cfg.data_root
-    if cfg.data.dataset == "synthetic":
-        if is_up_to_date(cfg.data.synthetic, root, cfg.base.seed):
-            log.info("%s: generated benchmark is up to date, skipping", root)
-            synthetic = load_manifest(root)
-        else:
-            synthetic = generate_synthetic(
-                cfg.data.synthetic, root, seed=cfg.base.seed, num_workers=num_workers
-            )
-            log.info("%s: generated %s images in %.1f s", root, synthetic.counts, synthetic.seconds)
-        manifest = {"dataset": "synthetic", "root": str(root), **synthetic.to_json()}
-    else:
-        ensure_dataset(cfg)
-        manifest = {"dataset": cfg.data.dataset, "root": str(root), "fingerprint": listing_fingerprint(root)}
-    split = PREVIEW_SPLIT.get(cfg.data.dataset, "train")
-    dataset = build_dataset(cfg, split, train=False)
-    manifest["preview_split_size"] = len(dataset)
-    manifest["groups"] = list(dataset.group_spec.names)
-    figure = Path(cfg.base.reports_dir) / "samples.png"
-    save_sample_grid(dataset, figure, per_group=4, seed=cfg.base.seed)
-    log.info("prepared %s in %.1f s", cfg.data.dataset, time.perf_counter() - start)
-    atomic_write_json(Path(cfg.base.data_dir) / cfg.data.dataset / MANIFEST, manifest)
-    return manifest
+from hardmask.config import stage_cli
+from hardmask.data.prepare import prepare
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
+    cfg, args = stage_cli(
+        __doc__,
+        lambda p: p.add_argument(
+            "--workers", type=int, default=2, help="processes rendering the generated benchmark"
+        ),
     )
-    parser.add_argument("--workers", type=int, default=2, help="processes rendering the generated benchmark")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    cfg = load_config(args.params, overrides=args.set)
     manifest = prepare(cfg, num_workers=args.workers)
-    log.info(
+    logging.getLogger("hardmask.prepare").info(
         "dataset %s at %s, fingerprint %s",
         manifest["dataset"],
         manifest["root"],

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hardmask.config import ConfigError, load_config, parse_override
+from hardmask.config import ConfigError, load_config, parse_override, stage_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,3 +50,17 @@ def test_overrides_and_preset(tmp_path):
         parse_override("optim.lr")
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(path, overrides=["base.preset=configs/missing.yaml"])
+
+
+def test_stage_cli_applies_overrides_and_exits_cleanly_on_a_bad_key(tmp_path, capsys):
+    path = _write(tmp_path, {"optim": {"lr": 0.5}})
+    cfg, args = stage_cli(
+        "doc",
+        lambda p: p.add_argument("--workers", type=int, default=2),
+        ["--params", str(path), "--set", "optim.epochs=3", "--workers", "1"],
+    )
+    assert (cfg.optim.lr, cfg.optim.epochs, args.workers) == (0.5, 3, 1)
+    with pytest.raises(SystemExit) as exit_info:
+        stage_cli("doc", argv=["--params", str(path), "--set", "optim.lrr=1"])
+    assert exit_info.value.code == 2
+    assert "optim.lrr: unknown key" in capsys.readouterr().err

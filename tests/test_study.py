@@ -47,7 +47,8 @@ def test_two_stage_hard_is_more_robust_than_the_baseline(tmp_path: Path):
         train(cfg, variant, 0, run_dir)
         table = evaluate_run(cfg, run_dir)
         row = table.query(
-            "split == 'test' and metric == 'worst_group_acc' and intervention == 'none' and checkpoint == 'best'"
+            "split == 'test' and metric == 'worst_group_acc' "
+            "and intervention == 'none' and checkpoint == 'best'"
         )
         wga[variant] = float(row["value"].iloc[0])
     assert wga["two_stage_hard"] > wga["baseline_vit"], wga

@@ -2,16 +2,21 @@
 
 Every section is a pydantic model with ``extra="forbid"``: an unknown or misspelled key, a wrong type or an
 out-of-range value stops loading with a :class:`ConfigError` that names the file, the dotted key and what was
-expected. Stages read only their own sections (plus ``base``); ``dvc.yaml`` declares exactly those as ``params``.
+expected. Stages read only their own sections (plus ``base``); ``dvc.yaml`` declares exactly those as
+``params``.
 
 Presets (``configs/*.yaml``) are partial documents merged over ``params.yaml``: select one with
-``base.preset: configs/waterbirds.yaml`` (e.g. ``dvc exp run -S base.preset=configs/waterbirds.yaml``). Explicit
-``key=value`` overrides (``load_config(..., overrides=[...])``) are applied last.
+``base.preset: configs/waterbirds.yaml`` (e.g. ``dvc exp run -S base.preset=configs/waterbirds.yaml``).
+Explicit ``key=value`` overrides (``load_config(..., overrides=[...])``) are applied last.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
+import logging
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -120,7 +125,8 @@ class BackboneSection(Section):
     name: str = "vit_tiny_patch16_224"
     kwargs: dict[str, Any] = Field(
         default_factory=lambda: {"patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 3},
-        description="Architecture overrides passed to timm.create_model (patch_size, embed_dim, reg_tokens, ...).",
+        description="Architecture overrides passed to timm.create_model "
+        "(patch_size, embed_dim, reg_tokens, ...).",
     )
     pretrained: bool = Field(
         False, description="Load timm pretrained weights (needs the hub or a local file)."
@@ -130,7 +136,8 @@ class BackboneSection(Section):
         "timm",
         description="Initial position embedding of a randomly initialised backbone: timm's (trunc-normal, "
         "std 0.02) or a 2-D sin-cos table (MAE, MoCo v3; still trained). A small ViT from scratch needs the "
-        "sin-cos start to learn shapes in a few epochs. Loaded weights (pretrained, checkpoint_path) replace it.",
+        "sin-cos start to learn shapes in a few epochs. "
+        "Loaded weights (pretrained, checkpoint_path) replace it.",
     )
     drop_path_stage1: float = Field(0.0, ge=0, lt=1)
     drop_path_stage2: float = Field(0.0, ge=0, lt=1)
@@ -220,7 +227,8 @@ class TrainSection(Section):
         1,
         ge=0,
         description="torch intra-op threads of a training process on CPU (0 = torch's default). A tiny ViT's "
-        "small matmuls scale badly: one thread per job with cluster.array_parallelism jobs at once is faster.",
+        "small matmuls scale badly: one thread per job with cluster.array_parallelism jobs at once "
+        "is faster.",
     )
 
     @model_validator(mode="after")
@@ -390,3 +398,30 @@ def save_config(cfg: Config, path: str | Path) -> None:
     from hardmask.io import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(cfg.dump(), sort_keys=False))
+
+
+def stage_cli(
+    description: str | None,
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    argv: list[str] | None = None,
+) -> tuple[Config, argparse.Namespace]:
+    """The command line every ``stages/*.py`` shares: ``--params FILE`` and repeatable ``--set KEY=VALUE``.
+
+    Sets up logging and returns the validated config with the parsed arguments. A configuration error
+    ends the process with its message (which names the file and key) and exit status 2, not a traceback.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--params", default="params.yaml", help="the config file (default: %(default)s)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)"
+    )
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        cfg = load_config(args.params, overrides=args.set)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return cfg, args

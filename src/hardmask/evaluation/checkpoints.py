@@ -85,15 +85,3 @@ def load_run(cfg: Config, run_dir: Path, which: str, num_classes: int, device: t
         train_cfg=train_cfg,
         train_run_id=ckpt.get("mlflow_run_id"),
     )
-
-
-def input_normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Mean/std the model's timm backbone expects (the rule training uses to build its datasets)."""
-    from timm.data import resolve_model_data_config
-    from timm.models import VisionTransformer
-
-    for module in model.modules():
-        if isinstance(module, VisionTransformer):
-            data_cfg = resolve_model_data_config(module)
-            return tuple(data_cfg["mean"]), tuple(data_cfg["std"])
-    return (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

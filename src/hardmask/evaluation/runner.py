@@ -41,7 +41,6 @@ from hardmask.evaluation.checkpoints import (
     EvaluationError,
     LoadedRun,
     autocast_dtype,
-    input_normalization,
     load_run,
     resolve_device,
 )
@@ -56,6 +55,7 @@ from hardmask.evaluation.interventions import (
 )
 from hardmask.evaluation.tidy import BG_GAP_SPLIT, EVAL_COLUMNS, GROUP_ACC_PREFIX
 from hardmask.io import atomic_dir
+from hardmask.models.backbone import input_normalization
 
 log = logging.getLogger("hardmask.evaluate")
 

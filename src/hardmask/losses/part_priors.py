@@ -45,7 +45,8 @@ def border_weight(height: int, width: int, device: torch.device | None = None) -
 
 
 def _bce_to_one(probs: Tensor) -> Tensor:
-    """``mean(-log p)`` with the log clamped at -100, in float32 outside autocast, as ``binary_cross_entropy``.
+    """``mean(-log p)`` with the log clamped at -100, in float32 outside autocast, like
+    ``binary_cross_entropy``.
 
     Why not ``-p.log().clamp_min(-100)``: at p = 0 its backward multiplies an infinite log-gradient by the
     clamp's zero and gives NaN (a 2x2 pooled grid, where the radial weight is 0 or 1 everywhere, hits it).

@@ -113,3 +113,15 @@ def autocast_disabled(reference: Tensor) -> contextlib.AbstractContextManager:
     if torch.is_autocast_enabled(device_type):
         return torch.autocast(device_type=device_type, enabled=False)
     return contextlib.nullcontext()
+
+
+def input_normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean/std the model's timm backbone expects (training and evaluation build their datasets with it)."""
+    from timm.data import resolve_model_data_config
+    from timm.models import VisionTransformer
+
+    for module in model.modules():
+        if isinstance(module, VisionTransformer):
+            data_cfg = resolve_model_data_config(module)
+            return tuple(data_cfg["mean"]), tuple(data_cfg["std"])
+    return (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -35,8 +35,9 @@ def read_eval_table(path: str | Path) -> pd.DataFrame:
 
 
 def load_report_inputs(cfg: Config) -> ReportInputs:
-    """``<reports_dir>/eval/eval.csv``, each run's ``history.csv`` and its ``{overlays.npz,selection.json}`` eval files
-    of ``train.variants`` x ``train.seeds``. A missing per-run file only shrinks the report (it is logged)."""
+    """``<reports_dir>/eval/eval.csv``, each run's ``history.csv`` and its
+    ``{overlays.npz,selection.json}`` eval files of ``train.variants`` x ``train.seeds``.
+    A missing per-run file only shrinks the report (it is logged)."""
     eval_df = read_eval_table(eval_table_path(cfg))
     inputs = ReportInputs(eval_df=eval_df, histories={}, overlays={}, selections={})
     for variant in cfg.train.variants:

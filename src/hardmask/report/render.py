@@ -287,7 +287,8 @@ def log_report(cfg: Config, paths: ReportPaths) -> None:
     """Log the report, its figures and tables as artifacts of one MLflow run tagged ``kind=report``.
 
     hardmask.tracking knows training and evaluation runs only; the report borrows the evaluation kind under
-    the pseudo-variant ``report`` (its run-id file lives in ``<reports_dir>/.tracking/``, outside every DVC output).
+    the pseudo-variant ``report`` (its run-id file lives in ``<reports_dir>/.tracking/``, outside every DVC
+    output).
     """
     from hardmask.tracking import RunTracker
 

@@ -116,18 +116,6 @@ def cosine_with_warmup(total_updates: int, warmup_updates: int, min_ratio: float
     return factor
 
 
-def model_normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Mean/std of the first timm backbone in the model (its pretrained data config)."""
-    from timm.data import resolve_model_data_config
-    from timm.models import VisionTransformer
-
-    for module in model.modules():
-        if isinstance(module, VisionTransformer):
-            data_cfg = resolve_model_data_config(module)
-            return tuple(data_cfg["mean"]), tuple(data_cfg["std"])
-    return (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
 def check_writable(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -208,6 +196,7 @@ def train(
     from hardmask.data import build_dataset
     from hardmask.losses import Criterion
     from hardmask.models import build_model
+    from hardmask.models.backbone import input_normalization
     from hardmask.tracking import RunTracker
     from hardmask.training.optim import build_optimizer, build_param_groups
 
@@ -228,7 +217,7 @@ def train(
     probe = build_dataset(cfg, "train", train=False)
     model = build_model(variant, cfg.model, num_classes=probe.num_classes, image_size=cfg.data.image_size)
     model.to(device)
-    mean, std = model_normalization(model)
+    mean, std = input_normalization(model)
     train_set = build_dataset(cfg, "train", train=True, mean=mean, std=std)
     val_set = build_dataset(cfg, "val", train=False, mean=mean, std=std)
 

@@ -1,4 +1,4 @@
-"""A resumable, rank-sharded data order whose augmentation randomness depends on nothing but (seed, epoch, index).
+"""A resumable, rank-sharded data order whose augmentation randomness depends only on (seed, epoch, index).
 
 The sampler yields *keys* ``epoch * len(dataset) + index``; :class:`SeededSamples` decodes a key, seeds the
 sample's transform from ``(seed, epoch, index)`` and returns the sample. So the images of a batch are the same
@@ -21,7 +21,7 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class SeededSamples(Dataset):
-    """Wraps a dataset whose ``transform`` has ``set_random_seed`` (albumentations) and decodes sampler keys."""
+    """Wraps a dataset whose ``transform`` has ``set_random_seed`` (albumentations); decodes sampler keys."""
 
     def __init__(self, dataset: Any, seed: int) -> None:
         self.dataset = dataset
@@ -49,7 +49,8 @@ class ResumableSampler(Sampler[int]):
     def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
         if n < batch_size * world_size:
             raise ValueError(
-                f"training split has {n} samples, fewer than one global batch ({batch_size} x {world_size} ranks)"
+                f"training split has {n} samples, "
+                f"fewer than one global batch ({batch_size} x {world_size} ranks)"
             )
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.rank, self.world_size = rank, world_size
