@@ -7,12 +7,15 @@ positions), so that the packed and dense stage-2 paths are timed on the same wor
 
 Measurements (one JSON line each on stdout, then one line of packed/dense ratios):
 
-- ``train_step``: forward + the variant's full criterion (equivariance pass included) + backward + gradient
-  clipping + optimiser step; two-stage (packed, dense) and baseline;
+- ``train_step``: forward + the variant's full criterion (with the equivariance pass when
+  ``loss.equivariance > 0``) + backward + gradient clipping + optimiser step; two-stage (packed, dense) and
+  baseline;
 - ``stage2_train``: stage 2 alone, forward + cross-entropy + backward (packed, dense);
 - ``eval``: one forward pass under ``torch.inference_mode``; two-stage (packed, dense) and baseline;
 - ``train_loader``: samples/s of the training DataLoader (real dataset, training transforms) per worker count,
-  or a line saying why it was skipped (no dataset at ``cfg.data_root``).
+  or a line saying why it was skipped (no dataset at ``cfg.data_root``);
+- ``executors`` (only when asked for: it trains): per executor of ``--executors``, the round trip of an empty
+  job and one real training job of ``--variant`` submitted through it (:mod:`hardmask.cluster.timing`).
 
 The model measurements of one kind run in turn (packed, dense, baseline, packed, ...) so that a noisy machine
 slows them alike; medians are reported, wall-clock (``ms_per_step``) and CPU time of this process
@@ -39,6 +42,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +56,7 @@ from hardmask.training.loop import autocast_context
 from hardmask.training.optim import build_optimizer, build_param_groups
 
 MEASUREMENTS = ("train_step", "stage2_train", "eval", "train_loader")
+OPT_IN = ("executors",)  # not in the default --only: it trains a model per executor
 PAPER_OVERRIDES = (
     "base.preset=configs/waterbirds.yaml",  # ViT-B/14 reg4 DINOv2 at 518 px, stage-1 backbone frozen
     "model.num_parts=8",
@@ -79,7 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--variant", default="two_stage_hard", choices=("two_stage_hard", "two_stage_soft"))
     parser.add_argument(
-        "--only", default=",".join(MEASUREMENTS), help=f"comma-separated subset of {', '.join(MEASUREMENTS)}"
+        "--only",
+        default=",".join(MEASUREMENTS),
+        help=f"comma-separated subset of {', '.join(MEASUREMENTS + OPT_IN)} (default: all but {OPT_IN[0]})",
     )
     parser.add_argument(
         "--fg-fraction", type=float, default=0.3, help="mean share of patch tokens kept by stage 2"
@@ -108,15 +115,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--loader-workers", default="0,2", help="comma-separated DataLoader worker counts to measure"
     )
+    parser.add_argument("--executors", default="local", help="executors: comma-separated local, slurm, debug")
+    parser.add_argument("--train-epochs", type=int, default=1, help="epochs of the executors' training job")
+    parser.add_argument("--round-trips", type=int, default=5, help="empty jobs timed per executor")
+    parser.add_argument(
+        "--workdir", default="runs/bench", help="executors: where the timed jobs write (a fresh folder each)"
+    )
     args = parser.parse_args(argv)
     if not 0.0 <= args.fg_fraction <= 1.0:
         parser.error(f"--fg-fraction must be in [0, 1], got {args.fg_fraction}")
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
     args.only = tuple(name.strip() for name in args.only.split(",") if name.strip())
-    unknown = sorted(set(args.only) - set(MEASUREMENTS))
+    unknown = sorted(set(args.only) - set(MEASUREMENTS + OPT_IN))
     if unknown:
-        parser.error(f"--only: unknown measurements {unknown}; choose from {', '.join(MEASUREMENTS)}")
+        known = ", ".join(MEASUREMENTS + OPT_IN)
+        parser.error(f"--only: unknown measurements {unknown}; choose from {known}")
+    args.executors = tuple(name.strip() for name in args.executors.split(",") if name.strip())
+    bad = sorted(set(args.executors) - {"local", "slurm", "debug"})
+    if bad:
+        parser.error(f"--executors: unknown executors {bad}; choose from local, slurm, debug")
     try:
         args.loader_workers = tuple(int(n) for n in args.loader_workers.split(","))
     except ValueError:
@@ -481,6 +499,14 @@ def main(argv: list[str] | None = None) -> int:
     if "train_loader" in args.only:
         for record in loader_records(cfg, args.batch or cfg.data.loader.batch_size, args):
             _emit(record)
+    if "executors" in args.only:
+        from hardmask.cluster.timing import executor_record
+
+        for executor in args.executors:
+            record = executor_record(
+                cfg, executor, args.variant, args.train_epochs, args.round_trips, Path(args.workdir)
+            )
+            _emit({**record, "device": str(device)})
     if args.variant == "two_stage_hard" and model_measurements:
         packed, dense = (
             {m: two_stage_records[m, impl] for m in model_measurements} for impl in ("packed", "dense")
