@@ -80,3 +80,13 @@ def test_dvc_repro_runs_every_stage_then_nothing_then_only_what_changed(tmp_path
 
     shown = _run([DVC, "metrics", "show"], work, env)
     assert "worst_group_acc" in shown
+
+    # An experiment changes parameters without editing files; lists use DVC's (Hydra) override syntax.
+    splits = "evaluate.splits=[val,test,mixed_rand,mixed_same]"
+    exp = _run([DVC, "exp", "run", "-S", splits, "-S", "report.overlay_per_group=2"], work, env)
+    assert _ran(exp) == {"evaluate", "report"}, exp
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    assert params["evaluate"]["splits"] == ["val", "test", "mixed_rand", "mixed_same"]
+    assert params["report"]["overlay_per_group"] == 2
+    table = _run([DVC, "exp", "show", "--no-pager", "--csv"], work, env)
+    assert "evaluate.splits" in table.splitlines()[0] and "two_stage_hard.test.worst_group_acc.mean" in table
