@@ -1,4 +1,8 @@
-"""DVC stage `train`: submit one job array over train.variants x train.seeds and wait for every result."""
+"""DVC stage `train`: submit one job array over train.variants x train.seeds and wait for every result.
+
+``<reports_dir>/train_metrics.json`` (a DVC metrics file) keeps the numbers of each result; where a run lives
+and its MLflow id are in the run directory and in MLflow.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,12 @@ def main() -> None:
     cfg, _ = stage_cli(__doc__)
     init_tracking(cfg)  # schema and experiment exist before any job starts writing
     results = submit_training(cfg, [(v, s) for v in cfg.train.variants for s in cfg.train.seeds])
-    summary = {f"{r.variant}/seed{r.seed}": asdict(r) for r in results}
+    summary = {
+        f"{r.variant}/seed{r.seed}": {
+            key: value for key, value in asdict(r).items() if isinstance(value, int | float) and key != "seed"
+        }
+        for r in results
+    }
     atomic_write_json(f"{cfg.base.reports_dir}/train_metrics.json", summary)
 
 

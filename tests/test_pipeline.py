@@ -68,6 +68,9 @@ def test_dvc_repro_runs_every_stage_then_nothing_then_only_what_changed(tmp_path
     assert {"baseline_vit", "two_stage_hard"} <= set(metrics)
     assert metrics["two_stage_hard"]["test"]["worst_group_acc"]["n"] == 2
     assert (work / "mlflow.db").is_file()
+    runs = json.loads((work / "reports" / "train_metrics.json").read_text())
+    assert set(runs) == {f"{v}/seed{k}" for v in ("baseline_vit", "two_stage_hard") for k in (0, 1)}
+    assert all(isinstance(value, int | float) for run in runs.values() for value in run.values()), runs
 
     second = _run([DVC, "repro"], work, env)
     assert _ran(second) == set(), second

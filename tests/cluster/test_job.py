@@ -154,3 +154,34 @@ def test_parallel_jobs_write_to_one_mlflow_store_prepared_before_submission(tmp_
         run = runs[result.mlflow_run_id]
         assert run.data.tags["mlflow.parentRunId"] == parents[variant]
         assert run.data.params["cluster.executor"] == "local"
+
+
+def _fake_run(cfg: Config, variant: str, seed: int) -> Path:
+    from hardmask.config import save_config
+
+    run_dir = Path(cfg.base.runs_dir) / variant / f"seed{seed}"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"weights")
+    save_config(cfg, run_dir / "config.yaml")
+    return run_dir
+
+
+def test_a_run_of_another_training_config_is_moved_aside_not_resumed(tmp_path: Path):
+    from hardmask.cluster import supersede_stale_runs
+
+    old = make_tiny_config(tmp_path, optim={"lr": 0.01})
+    stale, kept = _fake_run(old, "two_stage_hard", 0), _fake_run(old, "baseline_vit", 0)
+    current = make_tiny_config(tmp_path, optim={"lr": 0.02}, cluster={"executor": "debug"})
+    unchanged_for_baseline = make_tiny_config(tmp_path, optim={"lr": 0.01}, cluster={"executor": "debug"})
+
+    assert supersede_stale_runs(unchanged_for_baseline, [("baseline_vit", 0)]) == []
+    (moved,) = supersede_stale_runs(current, [("two_stage_hard", 0), ("oracle_mask", 0)])
+    assert not stale.exists() and (moved / "checkpoints" / "last.pt").read_bytes() == b"weights"
+    assert moved.parent == tmp_path / "runs.superseded" / "two_stage_hard" and moved.name.startswith("seed0-")
+    assert kept.exists()
+
+    # submit_training does it before submitting: the job starts in an empty run directory
+    stale_oracle = _fake_run(old, "oracle_mask", 1)
+    submit_training(current, [("oracle_mask", 1)], target=ECHO)
+    assert not (stale_oracle / "checkpoints" / "last.pt").exists()
+    assert len(list((tmp_path / "runs.superseded" / "oracle_mask").iterdir())) == 1

@@ -142,6 +142,27 @@ def test_resume_refuses_checkpoint_of_another_run(tmp_path):
         train(cfg, "two_stage_hard", 0, run_dir)
 
 
+def test_resume_refuses_a_changed_training_config_but_not_a_changed_schedule_or_log(tmp_path):
+    cfg = _prepared(tmp_path, optim={"epochs": 1})
+    run_dir = tmp_path / "r"
+    first = train(cfg, "baseline_vit", 0, run_dir)
+    history = (run_dir / "history.csv").read_text()
+    changed_lr = make_tiny_config(tmp_path, optim={"epochs": 1, "lr": 1e-4})
+    with pytest.raises(TrainingError, match=r"different configuration \(optim\.lr: 0\.002 -> 0\.0001\)"):
+        train(changed_lr, "baseline_vit", 0, run_dir)
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["optim"]["lr"] == 0.002, "config.yaml kept"
+    # where it runs and how it logs cannot change the result: the finished run is picked up as it is
+    elsewhere = make_tiny_config(
+        tmp_path,
+        optim={"epochs": 1},
+        train={"log_every_steps": 3, "seeds": [0, 5]},
+        cluster={"executor": "debug", "array_parallelism": 7},
+        evaluate={"splits": ["test"]},
+    )
+    again = train(elsewhere, "baseline_vit", 0, run_dir)
+    assert again.steps == first.steps and (run_dir / "history.csv").read_text() == history
+
+
 def test_missing_dataset_is_a_clear_error(tmp_path):
     cfg = make_tiny_config(tmp_path)  # nothing generated
     with pytest.raises(Exception, match=str(cfg.data_root)):

@@ -9,6 +9,7 @@ from hardmask.cluster.job import (
     TrainJob,
     run_dir_for,
     submit_training,
+    supersede_stale_runs,
 )
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "make_executor",
     "run_dir_for",
     "submit_training",
+    "supersede_stale_runs",
 ]

@@ -1,15 +1,19 @@
 """The training job: one (variant, seed) per job, submitted as one job array, awaited by the DVC stage.
 
 A job is idempotent and resumable: it trains into ``<base.runs_dir>/<variant>/seed<seed>/`` and the training
-loop continues from ``checkpoints/last.pt`` there. On a SLURM time-out or preemption submitit calls
-:meth:`TrainJob.checkpoint`, which resubmits the same call; the requeued job finds its run directory and
-resumes.
+loop continues from ``checkpoints/last.pt`` there. That directory outlives a change of parameters (the DVC
+output is ``persist``), so before submitting, a run whose training config differs from the current one is
+moved to ``<base.runs_dir>.superseded/`` and trained afresh (:func:`supersede_stale_runs`).
+
+On a SLURM time-out or preemption submitit calls :meth:`TrainJob.checkpoint`, which resubmits the same
+call; the requeued job finds its run directory and resumes.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import shutil
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -55,6 +59,43 @@ class JobFailure:
 
 def run_dir_for(cfg: Config, variant: str, seed: int) -> Path:
     return Path(cfg.base.runs_dir) / variant / f"seed{seed}"
+
+
+def supersede_stale_runs(cfg: Config, variants_seeds: Sequence[tuple[str, int]]) -> list[Path]:
+    """Move every resumable run directory that was trained under another training config out of the way.
+
+    A run is compared through its ``config.yaml`` (written by each start of the loop, after the loop has
+    checked that the checkpoint matches it), so no checkpoint is loaded. Moved runs keep everything under
+    ``<base.runs_dir>.superseded/<variant>/seed<seed>-<UTC time>/``; the moved paths are returned.
+    """
+    import yaml
+
+    from hardmask.training.checkpoint import describe_config_diff, training_config_diff
+
+    moved = []
+    current = cfg.dump()
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for variant, seed in variants_seeds:
+        run_dir = run_dir_for(cfg, variant, seed)
+        config_path = run_dir / "config.yaml"
+        if not (run_dir / "checkpoints" / "last.pt").exists() or not config_path.exists():
+            continue
+        saved = yaml.safe_load(config_path.read_text()) or {}
+        diff = training_config_diff(saved, current)
+        if not diff:
+            continue
+        target = Path(f"{cfg.base.runs_dir}.superseded") / variant / f"seed{seed}-{stamp}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(run_dir), str(target))
+        log.warning(
+            "%s/seed%d: the training config changed (%s); moved the old run to %s and training afresh",
+            variant,
+            seed,
+            describe_config_diff(diff),
+            target,
+        )
+        moved.append(target)
+    return moved
 
 
 def resolve_target(target: str) -> Callable[..., Any]:
@@ -114,6 +155,7 @@ def submit_training(
     if not variants_seeds:
         raise ValueError("submit_training: no (variant, seed) pairs to run")
     resolve_target(target)  # fail here, not once per job, on a misspelled target
+    supersede_stale_runs(cfg, variants_seeds)
     folder = Path(cfg.cluster.logs_dir) / "train"
     executor = make_executor(cfg.cluster, folder, name)
     job_fn = TrainJob(target)

@@ -9,6 +9,7 @@ moment leaves either the previous checkpoint or the new one, never a torn file.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +66,60 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # a torn or foreign file: say which one
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
+
+
+# Config keys that cannot change what a run computes: where files go, how the work is scheduled and logged,
+# and what happens after training. A checkpoint may be resumed under a config that differs only here.
+RESUME_INDEPENDENT_KEYS = (
+    "base.preset",  # its merged values are compared, not its name
+    "base.data_dir",
+    "base.runs_dir",
+    "base.reports_dir",
+    "base.device",
+    "data.root",
+    "data.download",
+    "data.loader.num_workers",  # augmentation randomness depends on (seed, epoch, index) only
+    "data.loader.eval_batch_size",
+    "data.loader.pin_memory",
+    "train",
+    "cluster",
+    "tracking",
+    "evaluate",
+    "report",
+)
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def training_config_diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (saved, current)}`` for every key that would make a resumed run differ from a fresh one.
+
+    Both arguments are dumped configs (``Config.dump()``); keys under :data:`RESUME_INDEPENDENT_KEYS` are
+    ignored.
+    """
+
+    def relevant(key: str) -> bool:
+        return not any(key == k or key.startswith(f"{k}.") for k in RESUME_INDEPENDENT_KEYS)
+
+    old, new = _flatten(saved), _flatten(current)
+    missing = object()
+    return {
+        key: (old.get(key, missing), new.get(key, missing))
+        for key in sorted(set(old) | set(new))
+        if relevant(key) and old.get(key, missing) != new.get(key, missing)
+    }
+
+
+def describe_config_diff(diff: Mapping[str, tuple[Any, Any]], limit: int = 5) -> str:
+    shown = [f"{key}: {old!r} -> {new!r}" for key, (old, new) in list(diff.items())[:limit]]
+    more = f" and {len(diff) - limit} more" if len(diff) > limit else ""
+    return "; ".join(shown) + more

@@ -36,9 +36,11 @@ from hardmask.config import Config, save_config
 from hardmask.io import atomic_write_json, atomic_write_text
 from hardmask.training.checkpoint import (
     capture_rng_state,
+    describe_config_diff,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
+    training_config_diff,
 )
 from hardmask.training.distributed import DistContext, all_reduce_grads, barrier
 from hardmask.training.sampler import ResumableSampler, SeededSamples
@@ -126,6 +128,21 @@ def check_writable(run_dir: Path) -> None:
         raise TrainingError(f"{run_dir}: output directory is not writable ({exc.strerror or exc})") from exc
 
 
+def check_resumable(ckpt: dict[str, Any], cfg: Config, variant: str, seed: int, path: Path) -> None:
+    """A checkpoint may be continued only by the run that wrote it, under the same training config."""
+    if ckpt.get("variant") != variant or ckpt.get("seed") != seed:
+        raise TrainingError(
+            f"{path}: belongs to {ckpt.get('variant')}/seed{ckpt.get('seed')}, not {variant}/seed{seed}"
+        )
+    diff = training_config_diff(ckpt.get("config", {}), cfg.dump())
+    if diff:
+        raise TrainingError(
+            f"{path}: was trained with a different configuration ({describe_config_diff(diff)}); resuming "
+            "it would mix two experiments. Move the run directory away to train afresh (the train stage "
+            "does this itself: hardmask.cluster.supersede_stale_runs)."
+        )
+
+
 def make_loader(dataset: Any, batch_size: int, num_workers: int, pin: bool, sampler=None) -> DataLoader:
     return DataLoader(
         dataset,
@@ -203,8 +220,13 @@ def train(
     dist = dist or DistContext.single()
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
+    last_path = ckpt_dir / "last.pt"
     if dist.is_main:
         check_writable(ckpt_dir)
+    ckpt = load_checkpoint(last_path, map_location="cpu") if last_path.exists() else None
+    if ckpt is not None:
+        check_resumable(ckpt, cfg, variant, seed, last_path)
+    if dist.is_main:
         save_config(cfg, run_dir / "config.yaml")
     device = resolve_device(cfg, dist)
     if device.type == "cpu" and cfg.train.num_threads:
@@ -250,13 +272,7 @@ def train(
     trainable = [p for p in model.parameters() if p.requires_grad]
 
     state, history, mlflow_run_id = LoopState(), [], None
-    last_path = ckpt_dir / "last.pt"
-    if last_path.exists():
-        ckpt = load_checkpoint(last_path, map_location=device)
-        if ckpt.get("variant") != variant or ckpt.get("seed") != seed:
-            raise TrainingError(
-                f"{last_path}: belongs to {ckpt.get('variant')}/seed{ckpt.get('seed')}, not {variant}"
-            )
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
