@@ -144,3 +144,14 @@ def ddp_train(cfg: Config, variant: str, seed: int, run_dir: Path, dist: DistCon
     tracker.log_metrics({"train/loss": mean_loss}, step=1)
     tracker.end()
     return DDPResult(dist.rank, dist.world_size, mean_loss, weights.grad.tolist(), tracker.run_id)
+
+
+def assert_two_ranks_match_single_process(ranks: list[DDPResult], single: DDPResult) -> None:
+    """Two ranks hold the single-process loss and gradient, and only rank 0 wrote to MLflow."""
+    import pytest
+
+    assert [(r.rank, r.world_size) for r in ranks] == [(0, 2), (1, 2)]
+    for result in ranks:
+        assert result.loss == pytest.approx(single.loss, rel=1e-12)
+        assert result.grad == pytest.approx(single.grad, rel=1e-12)
+    assert ranks[0].mlflow_run_id is not None and ranks[1].mlflow_run_id is None

@@ -23,7 +23,7 @@ from hardmask.training.distributed import (
 )
 
 from ..conftest import make_tiny_config
-from .standins import DDPResult, ddp_train
+from .standins import DDPResult, assert_two_ranks_match_single_process, ddp_train
 
 LAUNCH_VARS = (
     "SUBMITIT_EXECUTOR", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
@@ -119,11 +119,7 @@ def test_two_task_gloo_job_equals_the_single_process_result_and_only_rank0_track
     ranks: list[DDPResult] = job.results()
     single = ddp_train(cfg, "baseline_vit", 4, tmp_path / "single", DistContext.single())
 
-    assert [(r.rank, r.world_size) for r in ranks] == [(0, 2), (1, 2)]
-    for result in ranks:
-        assert result.loss == pytest.approx(single.loss, rel=1e-12)
-        assert result.grad == pytest.approx(single.grad, rel=1e-12)
-    assert ranks[0].mlflow_run_id is not None and ranks[1].mlflow_run_id is None
+    assert_two_ranks_match_single_process(ranks, single)
     client = MlflowClient(mlflow_uri)
     experiment = client.get_experiment_by_name(cfg.tracking.experiment)
     job_runs = client.search_runs([experiment.experiment_id], "tags.kind = 'train' and tags.seed = '3'")

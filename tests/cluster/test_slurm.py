@@ -18,7 +18,14 @@ from hardmask.config import Config
 from hardmask.training.distributed import DistContext
 
 from ..conftest import make_tiny_config
-from .standins import STEP_SECONDS_ENV, STEPS_ENV, counting_train, ddp_train, expected_checksum
+from .standins import (
+    STEP_SECONDS_ENV,
+    STEPS_ENV,
+    assert_two_ranks_match_single_process,
+    counting_train,
+    ddp_train,
+    expected_checksum,
+)
 
 pytestmark = pytest.mark.slurm
 
@@ -195,11 +202,7 @@ def test_two_task_slurm_job_all_reduces_like_a_single_process(tmp_path: Path, ml
         TrainJob("tests.cluster.standins:ddp_train"), cfg.dump(), "baseline_vit", 0
     ).results()
     single = ddp_train(cfg, "baseline_vit", 1, tmp_path / "single", DistContext.single())
-    assert [(r.rank, r.world_size) for r in ranks] == [(0, 2), (1, 2)]
-    for result in ranks:
-        assert result.loss == pytest.approx(single.loss, rel=1e-12)
-        assert result.grad == pytest.approx(single.grad, rel=1e-12)
-    assert ranks[0].mlflow_run_id is not None and ranks[1].mlflow_run_id is None
+    assert_two_ranks_match_single_process(ranks, single)
 
 
 @pytest.mark.parametrize(

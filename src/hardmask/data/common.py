@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,19 @@ class ImageRecords:
 
     def __len__(self) -> int:
         return len(self.files)
+
+    @classmethod
+    def single_place(
+        cls, image_root: Path, files: Sequence[str], labels: Sequence[int], mask_root: Path | None = None
+    ) -> ImageRecords:
+        """Records of a dataset without a place (background) annotation: every image in place 0."""
+        return cls(
+            image_root=image_root,
+            files=np.array(files, dtype=str),
+            labels=np.array(labels, dtype=np.int64),
+            places=np.zeros(len(files), dtype=np.int64),
+            mask_root=mask_root,
+        )
 
 
 def mask_file(root: Path, relative_image: str) -> Path:

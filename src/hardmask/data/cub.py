@@ -102,12 +102,8 @@ class CUBDataset(GroupedImageDataset):
         mask_root = Path(mask_dir) if mask_dir is not None else self.root / "segmentations"
         if mask_dir is not None:
             require_dir(mask_root, "mask", "Check `data.mask_dir` (CUB_200_2011/segmentations).")
-        records = ImageRecords(
-            image_root=images,
-            files=rows["file"].to_numpy(dtype=str),
-            labels=rows["label"].to_numpy(np.int64),
-            places=np.zeros(len(rows), dtype=np.int64),
-            mask_root=mask_root if mask_root.is_dir() else None,
+        records = ImageRecords.single_place(
+            images, rows["file"].tolist(), rows["label"].tolist(), mask_root if mask_root.is_dir() else None
         )
         super().__init__(records, spec, transform, description=f"CUB {images} split '{split}'")
         self.split = split

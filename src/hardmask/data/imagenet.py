@@ -64,12 +64,7 @@ class ImageNetDataset(GroupedImageDataset):
                 names = sorted(e.name for e in os.scandir(class_dir) if e.is_file())
                 files += [f"{wnid}/{name}" for name in names]
                 labels += [label] * len(names)
-        records = ImageRecords(
-            image_root=split_dir,
-            files=np.array(files, dtype=str),
-            labels=np.array(labels, dtype=np.int64),
-            places=np.zeros(len(files), dtype=np.int64),
-        )
+        records = ImageRecords.single_place(split_dir, files, labels)
         spec = GroupSpec(self._names(wnids))
         super().__init__(records, spec, transform, description=f"ImageNet {split_dir}")
         self.split = split
@@ -131,12 +126,7 @@ class ImageNet9Dataset(GroupedImageDataset):
             found = [str(p.relative_to(split_dir)) for p in list_images(split_dir / class_dir)]
             files += found
             labels += [label] * len(found)
-        records = ImageRecords(
-            image_root=split_dir,
-            files=np.array(files, dtype=str),
-            labels=np.array(labels, dtype=np.int64),
-            places=np.zeros(len(files), dtype=np.int64),
-        )
+        records = ImageRecords.single_place(split_dir, files, labels)
         spec = GroupSpec(tuple(re.sub(r"^\d+_", "", c) for c in classes))
         super().__init__(records, spec, transform, description=f"ImageNet-9 {split_dir}")
         self.split = variant

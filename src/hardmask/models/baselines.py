@@ -19,6 +19,7 @@ from hardmask.models.mask import oracle_patch_mask, sample_patch_mask
 from hardmask.models.outputs import ModelOutput
 from hardmask.models.stage1 import PartDiscoveryViT, PartScores
 from hardmask.models.stage2 import MaskedViT
+from hardmask.models.two_stage import Stage1Based
 
 
 class BaselineViT(nn.Module):
@@ -44,30 +45,15 @@ class BaselineViT(nn.Module):
         return ModelOutput(logits=self.head(self.fc_norm(cls)))
 
 
-class Stage1OnlyModel(nn.Module):
+class Stage1OnlyModel(Stage1Based):
     """Stage 1 as a classifier. Its ``hard_mask`` is the argmax mask (fg IoU), not used by any prediction."""
 
     def __init__(self, stage1: PartDiscoveryViT) -> None:
         super().__init__()
         self.stage1 = stage1
 
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        return self.stage1.grid_size
-
-    @property
-    def num_parts(self) -> int:
-        return self.stage1.num_parts
-
     def parameter_roles(self) -> dict[str, ParamRole]:
         return self.stage1.parameter_roles("stage1.")
-
-    def stage1_maps(self, images: Tensor) -> Tensor:
-        return self.stage1.maps(images)
-
-    def encode_parts(self, images: Tensor) -> PartScores:
-        """The backbone pass and prototype scores (see ``TwoStageViT.encode_parts``)."""
-        return self.stage1.part_scores(images)
 
     def forward(
         self, images: Tensor, fg_mask: Tensor | None = None, interventions: Interventions | None = None
@@ -91,16 +77,7 @@ class Stage1OnlyModel(nn.Module):
             s1.part_logits, tau=self.stage1.tau, part_dropout=0.0, training=self.training,
             stochastic=self.stage1.stochastic,
         )  # fmt: skip
-        return ModelOutput(
-            logits=s1.logits,
-            stage1_logits=s1.logits,
-            part_maps=s1.part_maps,
-            part_logits=s1.part_logits,
-            part_sims=s1.part_sims,
-            hard_mask=mask.hard,
-            soft_mask=mask.soft,
-            part_features=s1.part_features,
-        )
+        return ModelOutput.from_stage1(s1.logits, s1, mask)
 
 
 class OracleMaskModel(nn.Module):

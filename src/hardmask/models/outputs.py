@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from hardmask.models.mask import PatchMask
+    from hardmask.models.stage1 import Stage1Output
 
 
 @dataclass(frozen=True, eq=False)  # holds tensors: no field-wise == (ambiguous truth value)
@@ -23,3 +28,17 @@ class ModelOutput:
     # (soft variant: the argmax mask of the same draw, for evaluation; stage 2 then uses soft_mask)
     soft_mask: Tensor | None = None  # [B,h*w] float, max surviving foreground probability
     part_features: Tensor | None = None  # [B,D,K+1] modulated part features
+
+    @classmethod
+    def from_stage1(cls, logits: Tensor, s1: Stage1Output, mask: PatchMask) -> ModelOutput:
+        """The output of a model built on stage 1: ``logits`` plus stage 1's maps, features and ``mask``."""
+        return cls(
+            logits=logits,
+            stage1_logits=s1.logits,
+            part_maps=s1.part_maps,
+            part_logits=s1.part_logits,
+            part_sims=s1.part_sims,
+            hard_mask=mask.hard,
+            soft_mask=mask.soft,
+            part_features=s1.part_features,
+        )

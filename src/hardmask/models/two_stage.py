@@ -29,7 +29,34 @@ from hardmask.models.stage2 import MaskedViT
 MaskGrad = Literal["none", "ste"]
 
 
-class TwoStageViT(nn.Module):
+class Stage1Based(nn.Module):
+    """What every model built on stage 1 (``self.stage1``) exposes: its patch grid, K, the part maps alone
+    and the encoding that no intervention changes."""
+
+    stage1: PartDiscoveryViT
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return self.stage1.grid_size
+
+    @property
+    def num_parts(self) -> int:
+        return self.stage1.num_parts
+
+    def stage1_maps(self, images: Tensor) -> Tensor:
+        """Part maps [B,K+1,h,w] of ``images`` without running stage 2 (the equivariance pass, §10.10)."""
+        return self.stage1.maps(images)
+
+    def encode_parts(self, images: Tensor) -> PartScores:
+        """Stage 1's backbone pass and prototype scores [B,K+1,h,w]: everything no intervention changes.
+
+        ``model(images, ...) == model.classify(images, model.encode_parts(images), ...)``; evaluation encodes
+        a batch once and classifies it under every intervention setting.
+        """
+        return self.stage1.part_scores(images)
+
+
+class TwoStageViT(Stage1Based):
     def __init__(
         self,
         stage1: PartDiscoveryViT,
@@ -54,28 +81,8 @@ class TwoStageViT(nn.Module):
         self.mask_grad: MaskGrad = mask_grad
         self.soft_masks = soft_masks
 
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        return self.stage1.grid_size
-
-    @property
-    def num_parts(self) -> int:
-        return self.stage1.num_parts
-
     def parameter_roles(self) -> dict[str, ParamRole]:
         return self.stage1.parameter_roles("stage1.") | self.stage2.parameter_roles("stage2.")
-
-    def stage1_maps(self, images: Tensor) -> Tensor:
-        """Part maps [B,K+1,h,w] of ``images`` without running stage 2 (the equivariance pass, §10.10)."""
-        return self.stage1.maps(images)
-
-    def encode_parts(self, images: Tensor) -> PartScores:
-        """Stage 1's backbone pass and prototype scores [B,K+1,h,w]: everything no intervention changes.
-
-        ``model(images, ...) == model.classify(images, model.encode_parts(images), ...)``; evaluation encodes
-        a batch once and classifies it under every intervention setting.
-        """
-        return self.stage1.part_scores(images)
 
     def forward(
         self,
@@ -124,16 +131,7 @@ class TwoStageViT(nn.Module):
         logits = (
             self._stage2(images, mask) if reuse is None else self._stage2_where_changed(images, mask, reuse)
         )
-        return ModelOutput(
-            logits=logits,
-            stage1_logits=s1.logits,
-            part_maps=s1.part_maps,
-            part_logits=s1.part_logits,
-            part_sims=s1.part_sims,
-            hard_mask=mask.hard,
-            soft_mask=mask.soft,
-            part_features=s1.part_features,
-        )
+        return ModelOutput.from_stage1(logits, s1, mask)
 
     def _stage2(self, images: Tensor, mask: PatchMask) -> Tensor:
         if self.soft_masks:
