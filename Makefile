@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.hardmask-installed
 PYTEST_ARGS ?=
 
-.PHONY: repro test test-all lint env clean-env mlflow-ui bench
+.PHONY: repro test test-all lint env clean-env mlflow-ui bench params
 
 env: $(STAMP)
 
@@ -22,7 +22,11 @@ repro: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 test: $(STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
+
+# params.yaml is composed from conf/ (Hydra, as `dvc exp run -S ...` does); rewrite it after editing conf/.
+params: $(STAMP)
+	$(BIN)/python -m hardmask.config $(OVERRIDES)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src stages tests

@@ -17,7 +17,7 @@ import torch  # noqa: E402
 
 from hardmask.config import config_from_dict  # noqa: E402
 from hardmask.data import build_dataset  # noqa: E402
-from hardmask.evaluation.metrics import pool_mask_to_patches  # noqa: E402
+from hardmask.metrics import pool_mask_to_patches  # noqa: E402
 from hardmask.models import build_model  # noqa: E402
 from hardmask.models.backbone import input_normalization  # noqa: E402
 

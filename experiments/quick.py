@@ -22,8 +22,11 @@ import torch
 from experiments.sweep import REPO, cpu_seconds, ensure_data, setting_config
 from torch import nn
 
-from hardmask.config import VARIANTS, Config
-from hardmask.evaluation.metrics import foreground_iou, group_accuracy_table, pool_mask_to_patches
+from hardmask.config import Config
+from hardmask.metrics import foreground_iou, group_accuracy_table, pool_mask_to_patches
+from hardmask.models import VARIANTS, build_model, get_variant
+from hardmask.runtime import seed_everything
+from hardmask.training.trainer import Trainer
 
 RESULTS = REPO / "experiments" / "quick.jsonl"
 
@@ -47,7 +50,7 @@ def evaluate(
     preds, masks = [], []
     for start in range(0, len(data["label"]), 500):
         images = data["image"][start : start + 500]
-        fg = data["fg_mask"][start : start + 500] if variant == "oracle_mask" else None
+        fg = data["fg_mask"][start : start + 500] if get_variant(variant).takes_fg_mask else None
         out = model(images, fg_mask=fg)
         preds.append(out.logits.argmax(-1))
         if out.hard_mask is not None:
@@ -57,7 +60,7 @@ def evaluate(
     table = group_accuracy_table(pred, label, group)
     result = {"avg": float((pred == label).mean()), "wga": float(table["acc"].min())}
     result["groups"] = [round(float(a), 3) for a in table["acc"]]
-    if masks and variant != "oracle_mask":
+    if masks and not get_variant(variant).takes_fg_mask:
         hard = torch.cat(masks).numpy()
         grid = int(math.isqrt(hard.shape[1]))
         truth = pool_mask_to_patches(data["fg_mask"].numpy(), (grid, grid), threshold)
@@ -71,66 +74,33 @@ def evaluate(
     return result
 
 
-def train_quick(
-    cfg: Config, variant: str, seed: int, train: dict, val: dict, init: str | None
-) -> tuple[nn.Module, list]:
-    from hardmask.losses import Criterion
-    from hardmask.models import build_model
-    from hardmask.training.loop import cosine_with_warmup, seed_everything
-    from hardmask.training.optim import build_optimizer, build_param_groups
-
+def train_quick(cfg: Config, variant: str, seed: int, train: dict, val: dict) -> tuple[nn.Module, list]:
+    """The training loop's step (:class:`Trainer`) on in-memory batches, flips as the only augmentation."""
     seed_everything(seed)
     model = build_model(
         variant, cfg.model, num_classes=int(train["label"].max()) + 1, image_size=cfg.data.image_size
     )
-    if os.environ.get("QUICK_S1_NOPOS") and hasattr(
-        model, "stage1"
-    ):  # hypothesis test: position-free stage 1
-        with torch.no_grad():
-            model.stage1.backbone.pos_embed.zero_()
-        model.stage1.backbone.pos_embed.requires_grad_(False)
     batch = cfg.data.loader.batch_size
     n = len(train["label"])
     steps = n // batch
-    groups = build_param_groups(model, variant, cfg, steps_per_epoch=steps)
-    optimizer = build_optimizer(groups, cfg)
-    total = steps * cfg.optim.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, cosine_with_warmup(total, round(cfg.optim.warmup_epochs * steps), cfg.optim.min_lr_ratio)
-    )
-    criterion = Criterion(cfg.loss, variant)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainer = Trainer(cfg, variant, model, torch.device("cpu"), batches_per_epoch=steps)
     generator = torch.Generator().manual_seed(seed)
     history = []
     for epoch in range(cfg.optim.epochs):
         model.train()
         order = torch.randperm(n, generator=generator)
-        sums: dict[str, float] = {}
-        correct = 0
         for step in range(steps):
             idx = order[step * batch : (step + 1) * batch]
-            images, labels = train["image"][idx], train["label"][idx]
-            fg = train["fg_mask"][idx]
+            images, fg = train["image"][idx], train["fg_mask"][idx]
             flip = torch.rand(len(idx), generator=generator) < cfg.data.augment.hflip
             images = torch.where(flip[:, None, None, None], images.flip(-1), images)
             fg = torch.where(flip[:, None, None], fg.flip(-1), fg)
-            out = model(images, fg_mask=fg if variant == "oracle_mask" else None)
-            losses = criterion(model, images, labels, out)
-            losses.total.backward()
-            if cfg.optim.grad_clip > 0:
-                nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            correct += int((out.logits.argmax(-1) == labels).sum())
-            for k, v in losses.terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-        row = {"epoch": epoch + 1, "train_acc": round(correct / (steps * batch), 3)}
-        row |= {k: round(v / steps, 4) for k, v in sums.items()}
-        row |= {
-            f"val_{k}": (round(v, 4) if isinstance(v, float) else v)
-            for k, v in evaluate(model, val, variant, cfg.model.oracle_patch_threshold).items()
-        }
+            trainer.step({"image": images, "label": train["label"][idx], "fg_mask": fg})
+        stats = trainer.end_epoch()
+        row = {"epoch": epoch + 1, "train_acc": round(stats.pop("train_acc"), 3)}
+        row |= {k.removeprefix("train_"): round(v, 4) for k, v in stats.items() if k != "images"}
+        scores = evaluate(model, val, variant, cfg.model.oracle_patch_threshold)
+        row |= {f"val_{k}": (round(v, 4) if isinstance(v, float) else v) for k, v in scores.items()}
         history.append(row)
         print(variant, json.dumps(row), flush=True)
     return model, history
@@ -152,7 +122,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = setting_config(args.name, args.set, args.params, ("val",))
     ensure_data(cfg)
-    from hardmask.models import build_model
     from hardmask.models.backbone import input_normalization
 
     mean, std = input_normalization(build_model("baseline_vit", cfg.model, 2, cfg.data.image_size))
@@ -163,7 +132,7 @@ def main() -> None:
     for seed in args.seeds:
         for variant in args.variants:
             wall, cpu, load = time.perf_counter(), cpu_seconds(), os.getloadavg()[0]
-            model, history = train_quick(cfg, variant, seed, train, val, None)
+            model, history = train_quick(cfg, variant, seed, train, val)
             if args.save:
                 path = REPO / "runs" / "experiments" / "quick" / f"{args.name}_{variant}_seed{seed}.pt"
                 path.parent.mkdir(parents=True, exist_ok=True)

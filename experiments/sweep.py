@@ -33,7 +33,9 @@ from typing import Any
 
 import pandas as pd
 
-from hardmask.config import VARIANTS, Config, config_from_dict, deep_merge, load_config, parse_override
+from hardmask import layout
+from hardmask.config import Config, config_from_dict, deep_merge, load_config, parse_override
+from hardmask.models import VARIANTS
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "results.jsonl"
@@ -124,10 +126,10 @@ def scores(frame: pd.DataFrame, splits: tuple[str, ...]) -> dict[str, Any]:
 def run_one(
     cfg: Config, name: str, variant: str, seed: int, overrides: list[str], note: str
 ) -> dict[str, Any]:
-    from hardmask.evaluation.runner import evaluate_run, run_dir_of
+    from hardmask.evaluation.runner import evaluate_run
     from hardmask.training.loop import train
 
-    run_dir = run_dir_of(cfg, variant, seed)
+    run_dir = layout.run_dir(cfg, variant, seed)
     load = os.getloadavg()[0]
     wall, cpu = time.perf_counter(), cpu_seconds()
     result = train(cfg, variant, seed, run_dir)
@@ -150,7 +152,7 @@ def run_one(
         "splits": list(cfg.evaluate.splits),
         **scores(frame, tuple(cfg.evaluate.splits)),
     }
-    history = pd.read_csv(run_dir / "history.csv")
+    history = pd.read_csv(layout.RunFiles(run_dir).history)
     record["history_val_wga"] = [round(v, 3) for v in history["val_worst_group_acc"]]
     record["history_val_avg"] = [round(v, 3) for v in history["val_avg_acc"]]
     return record

@@ -7,10 +7,9 @@ Outputs: ``<reports_dir>/eval/eval.csv`` (tidy rows, see :mod:`hardmask.evaluati
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from hardmask import layout
 from hardmask.config import stage_cli
-from hardmask.evaluation.runner import eval_table_path, evaluate_all
+from hardmask.evaluation.runner import evaluate_all
 from hardmask.evaluation.tidy import summarize
 from hardmask.io import atomic_write_json, atomic_write_text
 
@@ -18,8 +17,8 @@ from hardmask.io import atomic_write_json, atomic_write_text
 def main() -> None:
     cfg, _ = stage_cli(__doc__)
     table = evaluate_all(cfg)
-    atomic_write_text(eval_table_path(cfg), table.to_csv(index=False))
-    atomic_write_json(Path(cfg.base.reports_dir) / "metrics.json", summarize(table))
+    atomic_write_text(layout.eval_table(cfg), table.to_csv(index=False))
+    atomic_write_json(layout.metrics_json(cfg), summarize(table))
 
 
 if __name__ == "__main__":

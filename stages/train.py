@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from hardmask import layout
 from hardmask.cluster import submit_training
 from hardmask.config import stage_cli
 from hardmask.io import atomic_write_json
@@ -24,7 +25,7 @@ def main() -> None:
         }
         for r in results
     }
-    atomic_write_json(f"{cfg.base.reports_dir}/train_metrics.json", summary)
+    atomic_write_json(layout.train_metrics_json(cfg), summary)
 
 
 if __name__ == "__main__":

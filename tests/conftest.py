@@ -8,10 +8,47 @@ from pathlib import Path
 
 import pytest
 import torch
+from pydantic import BaseModel
 
-from hardmask.config import Config, config_from_dict, deep_merge, load_config
+from hardmask.config import Config, Section, compose_config, config_from_dict, deep_merge, load_config
 
 REPO = Path(__file__).resolve().parents[1]
+# The real configurations: the default study (the committed params.yaml) and the paper's recipe on the
+# benchmark.
+DEFAULT = load_config(REPO / "params.yaml")
+PAPER = compose_config(["recipe=paper"], conf_dir=REPO / "conf")
+
+
+def schema_keys(model: type[BaseModel] = Config, prefix: str = "") -> set[str]:
+    """Every leaf key of the schema, dotted (a nested section's fields, never the section itself)."""
+    keys = set()
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys |= schema_keys(annotation, f"{prefix}{name}.")
+        else:
+            keys.add(f"{prefix}{name}")
+    return keys
+
+
+def leaf_values(data: dict, prefix: str = "") -> dict[str, object]:
+    """``{dotted key: value}`` of a config dict down to the schema's leaves (a dict-valued leaf such as
+    ``model.backbone.kwargs`` stays whole); keys the schema lacks are kept as they are."""
+    leaves = {}
+    schema = schema_keys()
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, dict) and key not in schema:
+            leaves |= leaf_values(value, f"{key}.")
+        else:
+            leaves[key] = value
+    return leaves
+
+
+def changed(section: Section, **fields) -> Section:
+    """``section`` with ``fields`` deep-merged over it, validated (a real config shrunk for a test)."""
+    return type(section).model_validate(deep_merge(section.model_dump(mode="json"), fields))
+
 
 # A configuration small enough for a CPU test: a few hundred 32 px images, a 2-block ViT, 2 epochs.
 TINY_OVERRIDES = {
@@ -46,7 +83,7 @@ def _fresh_mlflow_store(tmp_path: Path) -> str:
 
 def make_tiny_config(tmp_path: Path, **sections: dict) -> Config:
     """The real params.yaml, shrunk by TINY_OVERRIDES, with every output under ``tmp_path``."""
-    base = load_config(REPO / "params.yaml").dump()
+    base = DEFAULT.dump()
     paths = {
         "base": {
             "data_dir": str(tmp_path / "data"),

@@ -9,6 +9,7 @@ import torch
 
 from hardmask.bench import (
     RANDOM_WEIGHTS,
+    bench_config,
     bench_overrides,
     forced_patch_mask,
     main,
@@ -16,8 +17,7 @@ from hardmask.bench import (
     peak_memory,
     time_interleaved,
 )
-from hardmask.config import load_config
-from tests.conftest import REPO
+from tests.conftest import PAPER, REPO, changed
 
 TINY = [
     "--set", "data.image_size=32",
@@ -111,11 +111,10 @@ def test_bench_prints_one_json_line_per_measurement(capsys, tmp_path):
 
 
 def test_loader_samples_per_second_on_the_generated_benchmark(capsys, tmp_path):
-    from hardmask.config import SyntheticSection
     from hardmask.data import generate_synthetic
 
     generate_synthetic(
-        SyntheticSection(image_size=32, n_train=64, n_val=8, n_test=8, n_ood=8),
+        changed(PAPER.data.synthetic, image_size=32, n_train=64, n_val=8, n_test=8, n_ood=8),
         tmp_path / "synthetic",
         seed=0,
     )
@@ -132,7 +131,7 @@ def test_paper_setting_and_random_weights_are_composed_in_order():
     overrides = bench_overrides(args)
     assert overrides[-len(RANDOM_WEIGHTS) :] == list(RANDOM_WEIGHTS)
     assert overrides.index("model.num_parts=4") > overrides.index("model.num_parts=8")  # --set wins
-    cfg = load_config(REPO / "params.yaml", overrides=bench_overrides(parse_args(["--paper"])))
+    cfg = bench_config(parse_args(["--paper"]))
     assert cfg.data.image_size == 518 and cfg.model.num_parts == 8 and cfg.model.freeze_backbone
     assert cfg.model.backbone.name.startswith("vit_base_patch14_reg4_dinov2")
     assert cfg.optim.amp == "bf16" and cfg.data.loader.batch_size == 16

@@ -1,11 +1,25 @@
+"""The configuration: one source of values (conf/ -> params.yaml), one schema, clear errors."""
+
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
-from hardmask.config import ConfigError, load_config, parse_override, stage_cli
+from hardmask.config import (
+    Config,
+    ConfigError,
+    compose,
+    compose_config,
+    load_config,
+    parse_override,
+    stage_cli,
+)
+from hardmask.config.cli import write_params
 
-REPO = Path(__file__).resolve().parents[1]
+from .conftest import REPO, leaf_values, schema_keys
+
+CONF = REPO / "conf"
 
 
 def _write(tmp_path: Path, data: dict) -> Path:
@@ -14,53 +28,92 @@ def _write(tmp_path: Path, data: dict) -> Path:
     return path
 
 
-def test_params_yaml_is_valid_and_complete():
-    cfg = load_config(REPO / "params.yaml")
-    assert cfg.data.dataset == "synthetic"
-    # every key of params.yaml is a schema key and every schema key is spelled out in params.yaml
-    on_disk = yaml.safe_load((REPO / "params.yaml").read_text())
-    assert set(on_disk) == set(cfg.dump())
+def test_params_yaml_is_the_composition_of_conf_byte_for_byte(tmp_path):
+    """The committed params.yaml is what `dvc exp run -S ...` (and `make params`) would write: no hand edits,
+    no drift between conf/ and the file the stages read."""
+    written = tmp_path / "params.yaml"
+    write_params([], written, conf_dir=str(CONF))
+    assert written.read_text() == (REPO / "params.yaml").read_text(), "run `make params` and commit it"
+
+
+def test_every_schema_key_has_exactly_one_value_in_params_yaml():
+    schema = schema_keys()
+    on_disk = set(leaf_values(yaml.safe_load((REPO / "params.yaml").read_text())))
+    assert on_disk == schema, {"missing": schema - on_disk, "unknown": on_disk - schema}
+
+
+def test_the_schema_holds_no_values():
+    """One source of values: a schema default would be a second one, silently used where conf/ lacks a key."""
+
+    def defaults(model: type[BaseModel], prefix: str = "") -> list[str]:
+        found = []
+        for name, field in model.model_fields.items():
+            if not field.is_required():
+                found.append(f"{prefix}{name}")
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                found += defaults(annotation, f"{prefix}{name}.")
+        return found
+
+    assert defaults(Config) == []
+
+
+@pytest.mark.parametrize("group", ["dataset", "recipe", "cluster"])
+def test_every_option_of_every_group_composes_into_a_valid_config(group):
+    for option in sorted(p.stem for p in (CONF / group).glob("*.yaml")):
+        cfg = compose_config([f"{group}={option}"], conf_dir=CONF)
+        assert isinstance(cfg, Config)
+
+
+def test_a_missing_key_is_named(tmp_path):
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    del data["optim"]["lr"]
+    with pytest.raises(ConfigError, match=r"optim\.lr: missing .*make params"):
+        load_config(_write(tmp_path, data))
 
 
 def test_unknown_key_names_the_key(tmp_path):
-    path = _write(tmp_path, {"optim": {"lrr": 0.1}})
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    data["optim"]["lrr"] = 0.1
     with pytest.raises(ConfigError, match=r"optim\.lrr: unknown key"):
-        load_config(path)
+        load_config(_write(tmp_path, data))
+    with pytest.raises(ConfigError, match="optim.lrr"):
+        compose(["optim.lrr=0.1"], conf_dir=CONF)  # Hydra refuses it too, before DVC writes anything
 
 
 def test_wrong_type_and_range_name_the_key(tmp_path):
+    params = REPO / "params.yaml"
     with pytest.raises(ConfigError, match=r"data\.loader\.batch_size"):
-        load_config(_write(tmp_path, {"data": {"loader": {"batch_size": "many"}}}))
+        load_config(params, overrides=["data.loader.batch_size=many"])
     with pytest.raises(ConfigError, match=r"data\.synthetic\.spurious_prob"):
-        load_config(_write(tmp_path, {"data": {"synthetic": {"spurious_prob": 1.5}}}))
+        load_config(params, overrides=["data.synthetic.spurious_prob=1.5"])
     with pytest.raises(ConfigError, match=r"model\.mask_grad"):
-        load_config(_write(tmp_path, {"model": {"mask_grad": "sometimes"}}))
-    with pytest.raises(ConfigError, match=str(tmp_path / "params.yaml")):
-        load_config(_write(tmp_path, {"train": {"seeds": [1, 1]}}))
+        load_config(params, overrides=["model.mask_grad=sometimes"])
+    with pytest.raises(ConfigError, match=str(params)):
+        load_config(params, overrides=["train.seeds=[1, 1]"])
 
 
-def test_overrides_and_preset(tmp_path):
-    (tmp_path / "configs").mkdir()
-    (tmp_path / "configs" / "p.yaml").write_text(yaml.safe_dump({"optim": {"lr": 0.5, "epochs": 3}}))
-    path = _write(tmp_path, {"optim": {"lr": 0.1}})
-    cfg = load_config(path, overrides=["base.preset=configs/p.yaml", "optim.epochs=7"])
-    assert cfg.optim.lr == 0.5 and cfg.optim.epochs == 7
+def test_overrides_and_composition():
+    cfg = load_config(REPO / "params.yaml", overrides=["optim.epochs=7", "train.variants=[baseline_vit]"])
+    assert cfg.optim.epochs == 7 and cfg.train.variants == ("baseline_vit",)
     assert parse_override("a.b=[1, 2]") == {"a": {"b": [1, 2]}}
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_override("optim.lr")
-    with pytest.raises(ConfigError, match="config file not found"):
-        load_config(path, overrides=["base.preset=configs/missing.yaml"])
+    cub = compose_config(["dataset=cub", "recipe=paper", "optim.lr=2e-6"], conf_dir=CONF)
+    assert (cub.data.dataset, cub.model.num_parts, cub.optim.epochs, cub.optim.lr) == ("cub", 8, 90, 2e-6)
+    with pytest.raises(ConfigError, match="dataset=nope"):
+        compose(["dataset=nope"], conf_dir=CONF)
 
 
-def test_stage_cli_applies_overrides_and_exits_cleanly_on_a_bad_key(tmp_path, capsys):
-    path = _write(tmp_path, {"optim": {"lr": 0.5}})
+def test_stage_cli_applies_overrides_and_exits_cleanly_on_a_bad_key(capsys):
+    params = str(REPO / "params.yaml")
     cfg, args = stage_cli(
         "doc",
         lambda p: p.add_argument("--workers", type=int, default=2),
-        ["--params", str(path), "--set", "optim.epochs=3", "--workers", "1"],
+        ["--params", params, "--set", "optim.epochs=3", "--workers", "1"],
     )
-    assert (cfg.optim.lr, cfg.optim.epochs, args.workers) == (0.5, 3, 1)
+    assert (cfg.optim.epochs, args.workers) == (3, 1)
     with pytest.raises(SystemExit) as exit_info:
-        stage_cli("doc", argv=["--params", str(path), "--set", "optim.lrr=1"])
+        stage_cli("doc", argv=["--params", params, "--set", "optim.lrr=1"])
     assert exit_info.value.code == 2
     assert "optim.lrr: unknown key" in capsys.readouterr().err

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from hardmask.config import Config, DataSection, LoaderSection, OptimSection
+from hardmask.config import Config
 from hardmask.training.optim import build_optimizer, build_param_groups
+from tests.conftest import DEFAULT, changed
 from tests.models.tiny import images, tiny_model
 
 FACTORS = {
@@ -21,7 +22,7 @@ FACTORS = {
 
 def config(batch: int = 64, **optim) -> Config:
     optim = {"lr": 1e-3, "reference_batch_size": 16, "weight_decay": 0.05, "epochs": 4, **optim}
-    return Config(data=DataSection(loader=LoaderSection(batch_size=batch)), optim=OptimSection(**optim))
+    return changed(DEFAULT, data={"loader": {"batch_size": batch}}, optim=optim)
 
 
 def group_of(groups, param: torch.nn.Parameter) -> str:

@@ -14,7 +14,8 @@ from .conftest import REPO, _fresh_mlflow_store
 @pytest.mark.slow
 def test_two_stage_hard_is_more_robust_than_the_baseline(tmp_path: Path):
     from hardmask.data import generate_synthetic
-    from hardmask.evaluation.runner import evaluate_run, run_dir_of
+    from hardmask.evaluation.runner import evaluate_run
+    from hardmask.layout import run_dir as run_dir_of
     from hardmask.training.loop import train
 
     # The real defaults (benchmark, model, recipe), one seed, no intervention sweep: only the comparison.

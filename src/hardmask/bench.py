@@ -26,8 +26,12 @@ CPU the peak of what the step allocated and had not freed yet, from the profiler
 step's working memory; weights and optimiser state allocated before it are excluded). ``memory_kind`` says
 which.
 
-``--paper`` runs the paper setting (configs/waterbirds.yaml with ViT-B/14 reg4 DINOv2 at 518 px, K = 8, batch
-16, bf16 autocast on a GPU, stage-1 backbone frozen); on a CPU use it as a smoke check only, e.g.
+The training step is :class:`hardmask.training.trainer.Trainer`'s, the one the training loop runs.
+
+The config is ``--params`` (default ``params.yaml``), or the Hydra composition of ``conf/`` with ``--compose``
+overrides; ``--set KEY=VALUE`` applies last. ``--paper`` composes the paper setting (``dataset=waterbirds
+recipe=paper``: ViT-B/14 reg4 DINOv2 at 518 px, stage-1 backbone frozen) with K = 8, batch 16 and bf16
+autocast on a GPU; on a CPU use it as a smoke check only, e.g.
 ``--paper --steps 1 --warmup 0 --batch 2 --eval-batch 2 --only train_step``.
 """
 
@@ -49,16 +53,15 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils import flop_counter
 
-from hardmask.config import Config, load_config
-from hardmask.losses import Criterion
+from hardmask.config import Config, ConfigError, apply_overrides, compose, config_from_dict, read_yaml
 from hardmask.models import build_model
-from hardmask.training.loop import autocast_context
-from hardmask.training.optim import build_optimizer, build_param_groups
+from hardmask.runtime import autocast, autocast_dtype, resolve_device
+from hardmask.training.trainer import Trainer
 
 MEASUREMENTS = ("train_step", "stage2_train", "eval", "train_loader")
 OPT_IN = ("executors",)  # not in the default --only: it trains a model per executor
+PAPER_GROUPS = ("dataset=waterbirds", "recipe=paper")  # ViT-B/14 reg4 DINOv2 at 518 px, stage-1 frozen
 PAPER_OVERRIDES = (
-    "base.preset=configs/waterbirds.yaml",  # ViT-B/14 reg4 DINOv2 at 518 px, stage-1 backbone frozen
     "model.num_parts=8",
     "optim.amp=bf16",
     "model.freeze_backbone=true",
@@ -78,9 +81,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)"
     )
-    parser.add_argument("--preset", default=None, help="preset file merged over params (base.preset)")
     parser.add_argument(
-        "--paper", action="store_true", help="the paper setting: " + ", ".join(PAPER_OVERRIDES)
+        "--compose",
+        action="append",
+        default=[],
+        metavar="OVERRIDE",
+        help="compose conf/ with this Hydra override instead of reading --params (repeatable)",
+    )
+    parser.add_argument(
+        "--paper",
+        action="store_true",
+        help="the paper setting: " + " ".join(PAPER_GROUPS) + ", then " + ", ".join(PAPER_OVERRIDES),
     )
     parser.add_argument("--variant", default="two_stage_hard", choices=("two_stage_hard", "two_stage_soft"))
     parser.add_argument(
@@ -143,11 +154,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def bench_overrides(args: argparse.Namespace) -> list[str]:
-    """Config overrides in order: ``--paper``, ``--preset``, ``--set``, then random weights (always)."""
-    overrides = list(PAPER_OVERRIDES) if args.paper else []
-    if args.preset:
-        overrides.append(f"base.preset={args.preset}")
-    return [*overrides, *args.set, *RANDOM_WEIGHTS]
+    """``KEY=VALUE`` overrides in order: ``--paper``'s, ``--set``, then random weights (always)."""
+    return [*(PAPER_OVERRIDES if args.paper else ()), *args.set, *RANDOM_WEIGHTS]
+
+
+def bench_config(args: argparse.Namespace) -> Config:
+    """``--params`` (or ``conf/`` composed with ``--paper``'s groups and ``--compose``), then the
+    overrides."""
+    groups = [*(PAPER_GROUPS if args.paper else ()), *args.compose]
+    data = compose(groups) if groups else read_yaml(args.params)
+    source = f"conf/ + {groups}" if groups else args.params
+    return config_from_dict(apply_overrides(data, bench_overrides(args)), source=f"{source} (bench)")
 
 
 def forced_patch_mask(
@@ -262,7 +279,7 @@ def probe_step(step: Callable[[], None], device: torch.device) -> Probe:
 
 # -------------------------------------------------------------------------------------------- models
 class BenchModel:
-    """One configured model (random weights), its optimiser and criterion, and fixed synthetic batches."""
+    """One configured model (random weights), its :class:`Trainer`, and fixed synthetic batches."""
 
     def __init__(self, cfg: Config, variant: str, args: argparse.Namespace, device: torch.device) -> None:
         torch.manual_seed(0)
@@ -270,23 +287,22 @@ class BenchModel:
         image_size = cfg.data.image_size
         self.model = build_model(variant, cfg.model, num_classes=args.num_classes, image_size=image_size)
         self.model.to(device)
-        self.optimizer = build_optimizer(
-            build_param_groups(self.model, variant, cfg, steps_per_epoch=100), cfg
-        )
-        self.criterion = Criterion(cfg.loss, variant)
+        self.trainer = Trainer(cfg, variant, self.model, device, batches_per_epoch=100)
         self.batch = args.batch or cfg.data.loader.batch_size
         self.eval_batch = args.eval_batch or cfg.data.loader.eval_batch_size
         self.two_stage = hasattr(self.model, "stage2")
         generator = torch.Generator().manual_seed(0)
         num_tokens = self.model.grid_size[0] * self.model.grid_size[1] if self.two_stage else 0
 
-        def inputs(size: int) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-            images = torch.randn(size, 3, image_size, image_size, generator=generator).to(device)
-            labels = torch.randint(0, args.num_classes, (size,), generator=generator).to(device)
-            if not self.two_stage:
-                return images, labels, {}
-            mask = forced_patch_mask(size, num_tokens, args.fg_fraction, args.fg_spread, generator)
-            return images, labels, {"patch_mask": mask.to(device)}
+        def inputs(size: int) -> dict[str, Tensor]:
+            batch = {
+                "image": torch.randn(size, 3, image_size, image_size, generator=generator).to(device),
+                "label": torch.randint(0, args.num_classes, (size,), generator=generator).to(device),
+            }
+            if self.two_stage:
+                mask = forced_patch_mask(size, num_tokens, args.fg_fraction, args.fg_spread, generator)
+                batch["patch_mask"] = mask.to(device)
+            return batch
 
         self.train_inputs = inputs(self.batch)
         self.eval_inputs = inputs(self.eval_batch)
@@ -295,30 +311,19 @@ class BenchModel:
         if impl is not None:
             self.model.stage2.impl = impl
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        return autocast_context(self.cfg, self.device)
-
     def train_step(self, impl: str | None = None) -> None:
-        """Forward, the variant's full criterion (equivariance pass included), backward, clipping, step."""
+        """The training loop's step (:meth:`Trainer.step`): forward, the variant's full criterion
+        (equivariance pass included), backward, clipping, optimiser and schedule step."""
         self._use(impl)
         self.model.train()
-        images, labels, kwargs = self.train_inputs
-        with self._autocast():
-            out = self.model(images, **kwargs)
-            losses = self.criterion(self.model, images, labels, out)
-        losses.total.backward()
-        if self.cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.trainer.step(self.train_inputs)
 
     def stage2_train_step(self, impl: str | None = None) -> None:
         """Stage 2 alone through the forced mask: forward, cross-entropy, backward (no optimiser step)."""
         self._use(impl)
         self.model.train()
-        images, labels, kwargs = self.train_inputs
-        mask = kwargs["patch_mask"]
-        with self._autocast():
+        images, labels, mask = (self.train_inputs[k] for k in ("image", "label", "patch_mask"))
+        with autocast(self.cfg.optim.amp, self.device):
             if self.model.soft_masks:
                 logits = self.model.stage2(images, soft_mask=mask.float())
             else:
@@ -331,9 +336,10 @@ class BenchModel:
     def eval_step(self, impl: str | None = None) -> None:
         self._use(impl)
         self.model.eval()
-        images, _, kwargs = self.eval_inputs
-        with self._autocast():
-            self.model(images, **kwargs)
+        batch = self.eval_inputs
+        kwargs = {"patch_mask": batch["patch_mask"]} if "patch_mask" in batch else {}
+        with autocast(self.cfg.optim.amp, self.device):
+            self.model(batch["image"], **kwargs)
 
 
 @dataclass(frozen=True)
@@ -355,12 +361,6 @@ class Case:
             "eval": self.bench.eval_step,
         }[self.measurement]
         return functools.partial(method, self.impl)
-
-
-def _dtype_name(cfg: Config, device: torch.device) -> str:
-    if device.type != "cuda" or cfg.optim.amp == "off":
-        return "float32"
-    return "float16" if cfg.optim.amp == "fp16" else "bfloat16"
 
 
 def _significant(value: float, digits: int = 6) -> float:
@@ -409,9 +409,8 @@ def measure_cases(
 # -------------------------------------------------------------------------------------------- loader
 def loader_records(cfg: Config, batch: int, args: argparse.Namespace) -> list[dict]:
     """Samples/s of the training DataLoader (training transforms, as in training) per worker count."""
-    from hardmask.data import build_dataset
+    from hardmask.data import build_dataset, make_loader
     from hardmask.data.common import DataError
-    from hardmask.training.loop import make_loader
     from hardmask.training.sampler import ResumableSampler, SeededSamples
 
     base = {"measurement": "train_loader", "dataset": cfg.data.dataset, "image_size": cfg.data.image_size}
@@ -422,7 +421,9 @@ def loader_records(cfg: Config, batch: int, args: argparse.Namespace) -> list[di
     records = []
     for workers in args.loader_workers:
         sampler = ResumableSampler(len(dataset), batch, seed=0)
-        loader = make_loader(SeededSamples(dataset, seed=0), batch, workers, pin=False, sampler=sampler)
+        loader = make_loader(
+            SeededSamples(dataset, seed=0), batch, num_workers=workers, pin_memory=False, sampler=sampler
+        )
         wanted = min(args.loader_batches, len(sampler) - 1)  # the first batch (worker start-up) is untimed
         start = time.perf_counter()
         batches = iter(loader)
@@ -446,23 +447,17 @@ def loader_records(cfg: Config, batch: int, args: argparse.Namespace) -> list[di
 
 
 # ---------------------------------------------------------------------------------------------- main
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
-    return device
-
-
 def _emit(record: dict) -> None:
     print(json.dumps(record), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    cfg = load_config(args.params, overrides=bench_overrides(args))
-    device = resolve_device(args.device)
+    try:
+        cfg = bench_config(args)
+        device = resolve_device(args.device)
+    except (ConfigError, RuntimeError) as exc:
+        raise SystemExit(f"error: {exc}") from None
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     peak = (
@@ -474,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
-        "dtype": _dtype_name(cfg, device),
+        "dtype": str(autocast_dtype(cfg.optim.amp, device) or torch.float32).removeprefix("torch."),
         "image_size": cfg.data.image_size,
         "backbone": cfg.model.backbone.name,
         "num_parts": cfg.model.num_parts,

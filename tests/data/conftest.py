@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hardmask.config import SyntheticSection
 from hardmask.data import generate_synthetic
+from tests.conftest import PAPER, changed
 
 # Small enough to generate in about a second, large enough for the binomial check of the train split.
-TINY_SYNTHETIC = SyntheticSection(image_size=32, n_train=400, n_val=24, n_test=40, n_ood=16)
+TINY_SYNTHETIC = changed(PAPER.data.synthetic, image_size=32, n_train=400, n_val=24, n_test=40, n_ood=16)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hardmask.data import CUBDataset, ImageNet9Dataset, ImageNetDataset, MetaShiftDataset, build_dataset
+from hardmask.data import (
+    CUBDataset,
+    DataError,
+    ImageNet9Dataset,
+    ImageNetDataset,
+    MetaShiftDataset,
+    build_dataset,
+)
 
 from ..conftest import make_tiny_config
 from .conftest import centre_box_mask, write_image, write_mask
@@ -147,5 +154,5 @@ def test_unknown_split_is_named(tmp_path, dataset):
     make_metashift(tmp_path)
     (tmp_path / "bg_challenge" / "original").mkdir(parents=True)
     cfg = make_tiny_config(tmp_path, data={"dataset": dataset, "root": str(tmp_path)})
-    with pytest.raises(Exception, match="'holdout'"):
+    with pytest.raises(DataError, match="'holdout' unknown; expected"):
         build_dataset(cfg, "holdout")

@@ -61,7 +61,8 @@ def test_same_seed_same_augmentation():
 
 def test_colour_jitter_leaves_masks_alone():
     transform = build_train_transform(
-        40, AugmentSection(hflip=0, degrees=0, translate=0, scale=(1, 1), color_jitter=0.4)
+        40,
+        AugmentSection(hflip=0, degrees=0, translate=0, scale=(1, 1), color_jitter=0.4, planckian_jitter=0.0),
     )
     image, fg, parts = _scene()
     image = (image * 0.5 + 60).astype(np.uint8)

@@ -16,13 +16,12 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-import hardmask.data
-import hardmask.models
+from hardmask import layout
 from hardmask.data.common import DataError
 from hardmask.data.groups import GroupSpec
-from hardmask.evaluation import runner
+from hardmask.evaluation import checkpoints, runner
 from hardmask.evaluation.checkpoints import EvaluationError
-from hardmask.evaluation.inference import OverlaySamples
+from hardmask.evaluation.overlays import OverlaySamples
 from hardmask.evaluation.tidy import BG_GAP_SPLIT, EVAL_COLUMNS, summarize
 from hardmask.models.outputs import ModelOutput
 
@@ -117,8 +116,8 @@ def fakes(monkeypatch) -> dict:
         built.append(FakeTwoStage())
         return built[-1]
 
-    monkeypatch.setattr(hardmask.data, "build_dataset", fake_build_dataset, raising=False)
-    monkeypatch.setattr(hardmask.models, "build_model", build_model, raising=False)
+    monkeypatch.setattr(runner, "build_dataset", fake_build_dataset)
+    monkeypatch.setattr(checkpoints, "build_model", build_model)
     logged: list[tuple] = []
     monkeypatch.setattr(
         runner, "log_evaluation", lambda cfg, run, run_dir, frame: logged.append((run, frame))
@@ -127,7 +126,7 @@ def fakes(monkeypatch) -> dict:
 
 
 def _write_run(cfg, variant: str = "two_stage_hard", seed: int = 0) -> Path:
-    run_dir = runner.run_dir_of(cfg, variant, seed)
+    run_dir = layout.run_dir(cfg, variant, seed)
     model = FakeTwoStage()
     common = {
         "variant": variant,
@@ -185,7 +184,7 @@ def test_evaluate_run_metrics_interventions_and_files(tmp_path, fakes):
     assert set(df.query("split == 'mixed_rand'")["intervention"]) == {"none", "selected", "drop_part_1"}
     assert _value(df, "test", "avg_acc", checkpoint="last") == pytest.approx(0.5)
 
-    eval_dir = runner.eval_dir_of(cfg, "two_stage_hard", 0)
+    eval_dir = layout.eval_files(cfg, "two_stage_hard", 0).root
     assert not (run_dir / "eval").exists()  # the training run (a DVC output of train) is left untouched
     pd.testing.assert_frame_equal(pd.read_csv(eval_dir / "metrics.csv"), df, check_dtype=False)
     selection = json.loads((eval_dir / "selection.json").read_text())
@@ -242,11 +241,11 @@ def test_evaluate_all_covers_every_variant_and_seed_and_summarizes(tmp_path, fak
 def test_missing_run_and_bad_part_ids_are_named(tmp_path, fakes):
     cfg = make_tiny_config(tmp_path)
     with pytest.raises(EvaluationError, match=r"seed0/checkpoints/best.pt: checkpoint not found"):
-        runner.evaluate_run(cfg, runner.run_dir_of(cfg, "two_stage_hard", 0))
+        runner.evaluate_run(cfg, layout.run_dir(cfg, "two_stage_hard", 0))
     bad = make_tiny_config(tmp_path, evaluate={"remove_parts": [7]})
     with pytest.raises(ValueError, match=r"evaluate.remove_parts: part ids \[7\] do not exist"):
         runner.evaluate_run(bad, _write_run(bad))
-    assert not runner.eval_dir_of(bad, "two_stage_hard", 0).exists()  # nothing half-written
+    assert not layout.eval_files(bad, "two_stage_hard", 0).root.exists()  # nothing half-written
 
 
 def test_a_checkpoint_from_other_data_is_refused(tmp_path, fakes):
@@ -261,8 +260,8 @@ def test_evaluation_is_logged_to_mlflow_linked_to_its_training_run(tmp_path, fak
     from mlflow.tracking import MlflowClient
 
     monkeypatch.undo()  # the real log_evaluation, but keep the fake data and model
-    monkeypatch.setattr(hardmask.data, "build_dataset", fake_build_dataset, raising=False)
-    monkeypatch.setattr(hardmask.models, "build_model", lambda *a, **k: FakeTwoStage(), raising=False)
+    monkeypatch.setattr(runner, "build_dataset", fake_build_dataset)
+    monkeypatch.setattr(checkpoints, "build_model", lambda *a, **k: FakeTwoStage())
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = make_tiny_config(tmp_path)
     run_dir = _write_run(cfg)

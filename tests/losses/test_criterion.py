@@ -7,7 +7,8 @@ import torch
 
 from hardmask.config import LossSection
 from hardmask.losses import Criterion, LossOutput
-from hardmask.models import ModelOutput
+from hardmask.models import ModelOutput, get_variant
+from tests.conftest import PAPER, changed
 from tests.models.tiny import IMAGE_SIZE, images, tiny_model
 
 STAGE1_ACTIVE = {
@@ -18,8 +19,12 @@ STAGE1_ACTIVE = {
     "orthogonality",
     "total_variation",
     "entropy",
-}  # concentration and foreground_presence are off (weight 0) by default
+}  # concentration and foreground_presence are off (weight 0) in the paper's recipe
 LABELS = torch.tensor([0, 1, 2, 0])
+
+
+def criterion_of(variant: str, loss_cfg: LossSection = PAPER.loss) -> Criterion:
+    return Criterion(loss_cfg, get_variant(variant).losses, variant)
 
 
 def losses_of(
@@ -31,7 +36,7 @@ def losses_of(
     fg = torch.zeros(4, IMAGE_SIZE, IMAGE_SIZE)
     fg[:, 8:24, 8:24] = 1
     out = model(x, fg_mask=fg)
-    criterion = Criterion(loss_cfg or LossSection(), variant)
+    criterion = criterion_of(variant, loss_cfg or PAPER.loss)
     return criterion(model, x, LABELS, out), criterion
 
 
@@ -55,7 +60,8 @@ def test_terms_per_variant_and_weighted_total(variant, expected):
 
 
 def test_weights_come_from_the_loss_section_and_zero_weights_are_skipped():
-    cfg = LossSection(
+    cfg = changed(
+        PAPER.loss,
         enforced_presence=2.0,
         equivariance=0.0,
         concentration=0.5,
@@ -83,7 +89,7 @@ def test_equivariance_pass_runs_stage1_only(monkeypatch):
     monkeypatch.setattr(model.stage2, "forward", lambda *a, **k: calls.append("stage2"))
     stage1_maps = model.stage1_maps
     monkeypatch.setattr(model, "stage1_maps", lambda imgs: calls.append("stage1_maps") or stage1_maps(imgs))
-    losses = Criterion(LossSection(), "two_stage_hard")(model, x, LABELS, out)
+    losses = criterion_of("two_stage_hard")(model, x, LABELS, out)
     assert calls == ["stage1_maps"]
     assert 0 <= losses.terms["equivariance"].item() <= 2
 
@@ -91,7 +97,7 @@ def test_equivariance_pass_runs_stage1_only(monkeypatch):
 def test_gradients_reach_stage1_and_stage2():
     model = tiny_model().train()
     x = images(4)
-    losses = Criterion(LossSection(), "two_stage_hard")(model, x, LABELS, model(x))
+    losses = criterion_of("two_stage_hard")(model, x, LABELS, model(x))
     losses.total.backward()
     assert model.stage1.fc_landmarks.weight.grad.abs().sum() > 0
     assert model.stage1.backbone.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
@@ -100,12 +106,12 @@ def test_gradients_reach_stage1_and_stage2():
 
 
 def test_errors_name_the_problem():
-    with pytest.raises(ValueError, match="unknown variant 'vit'"):
-        Criterion(LossSection(), "vit")
+    with pytest.raises(ValueError, match=r"unknown loss groups \['classification'\]"):
+        Criterion(PAPER.loss, ("classification",), "vit")
     with pytest.raises(ValueError, match="has no stage1_logits"):
-        Criterion(LossSection(), "two_stage_hard")(
+        criterion_of("two_stage_hard")(
             tiny_model().train(), images(4), LABELS, ModelOutput(torch.zeros(4, 3))
         )
-    silent = Criterion(LossSection(classification_stage2=0.0), "baseline_vit")
+    silent = criterion_of("baseline_vit", changed(PAPER.loss, classification_stage2=0.0))
     with pytest.raises(ValueError, match="every loss weight is 0"):
         silent(tiny_model("baseline_vit"), images(4), LABELS, ModelOutput(torch.zeros(4, 3)))

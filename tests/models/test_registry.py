@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hardmask.config import VARIANTS
-from hardmask.models import build_model
+from hardmask.models import VARIANTS, build_model
 from tests.models.tiny import tiny_model, tiny_model_cfg
 
 

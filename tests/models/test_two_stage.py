@@ -8,11 +8,11 @@ import pytest
 import timm
 import torch
 
-from hardmask.config import VARIANTS, ModelSection
-from hardmask.models import Interventions, ModelOutput, build_model
+from hardmask.models import VARIANTS, Interventions, ModelOutput, build_model
 from hardmask.models.stage1 import PartDiscoveryViT
 from hardmask.models.stage2 import MaskedViT
 from hardmask.models.two_stage import TwoStageViT
+from tests.conftest import PAPER, changed
 from tests.models.tiny import GRID, IMAGE_SIZE, NUM_CLASSES, NUM_PARTS, images, pixel_mask_of, tiny_model
 
 NUM_TOKENS = GRID * GRID
@@ -183,7 +183,12 @@ def test_model_output_is_a_frozen_dataclass():
 
 @pytest.mark.slow
 def test_dinov2_reg4_base_at_518_builds_and_runs():
-    cfg = ModelSection(backbone={"name": "vit_base_patch14_reg4_dinov2", "kwargs": {}}, num_parts=8)
+    cfg = changed(
+        PAPER.model,
+        backbone={"name": "vit_base_patch14_reg4_dinov2", "pretrained": False},
+        num_parts=8,
+        freeze_backbone=False,
+    )
     torch.manual_seed(0)
     model = build_model("two_stage_hard", cfg, num_classes=2, image_size=518).eval()
     assert model.grid_size == (37, 37) and model.stage2.num_prefix_tokens == 5

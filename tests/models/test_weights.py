@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 
 from hardmask.config import BackboneSection
 from hardmask.models import WeightsError, create_backbone, load_reference_checkpoint
+from tests.conftest import PAPER, changed
 from tests.models.tiny import IMAGE_SIZE, TINY_KWARGS, tiny_model
 
 
@@ -18,7 +19,9 @@ def reference_vit(image_size: int = IMAGE_SIZE, seed: int = 1) -> torch.nn.Modul
 
 
 def backbone_cfg(**fields) -> BackboneSection:
-    return BackboneSection(kwargs=TINY_KWARGS, **fields)
+    """The paper's backbone settings for a tiny ViT, random weights unless ``fields`` say otherwise."""
+    fields = {"name": "vit_tiny_patch16_224", "kwargs": TINY_KWARGS, "pretrained": False, **fields}
+    return changed(PAPER.model.backbone, **fields)
 
 
 def assert_same_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -75,7 +78,7 @@ def test_pretrained_offline_without_cache_names_the_fix(tmp_path, monkeypatch):
 
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    cfg = BackboneSection(name="vit_tiny_patch16_224", kwargs={}, pretrained=True)
+    cfg = changed(PAPER.model.backbone, name="vit_tiny_patch16_224", pretrained=True)
     with pytest.raises(WeightsError, match="model.backbone.checkpoint_path"):
         create_backbone(cfg, 224)
 
@@ -151,6 +154,6 @@ def test_sincos_pos_embed_is_replaced_by_loaded_weights(tmp_path):
 
 
 def test_sincos_pos_embed_needs_a_width_divisible_by_four():
-    cfg = BackboneSection(kwargs={**TINY_KWARGS, "embed_dim": 30, "num_heads": 2}, pos_embed_init="sincos")
+    cfg = backbone_cfg(kwargs={**TINY_KWARGS, "embed_dim": 30, "num_heads": 2}, pos_embed_init="sincos")
     with pytest.raises(WeightsError, match="divisible by 4"):
         create_backbone(cfg, IMAGE_SIZE)

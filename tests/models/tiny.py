@@ -8,6 +8,7 @@ import torch
 
 from hardmask.config import ModelSection
 from hardmask.models import build_model
+from tests.conftest import PAPER, changed
 
 IMAGE_SIZE = 32
 PATCH = 8
@@ -18,9 +19,12 @@ TINY_KWARGS = {"patch_size": PATCH, "embed_dim": 32, "depth": 2, "num_heads": 2}
 
 
 def tiny_model_cfg(**fields: Any) -> ModelSection:
+    """The paper's model settings on a tiny ViT from random weights, nothing frozen, K = 3."""
     kwargs = fields.pop("kwargs", {})
-    backbone = {"kwargs": {**TINY_KWARGS, **kwargs}}
-    return ModelSection(backbone=backbone, **{"num_parts": NUM_PARTS, **fields})
+    backbone = {"name": "vit_tiny_patch16_224", "kwargs": {**TINY_KWARGS, **kwargs}, "pretrained": False}
+    return changed(
+        PAPER.model, backbone=backbone, **{"num_parts": NUM_PARTS, "freeze_backbone": False, **fields}
+    )
 
 
 def tiny_model(variant: str = "two_stage_hard", seed: int = 0, **fields: Any) -> torch.nn.Module:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from hardmask.evaluation.inference import OverlaySamples
+from hardmask.evaluation.overlays import OverlaySamples
 from hardmask.evaluation.tidy import BG_GAP_SPLIT, EVAL_COLUMNS
 
 MODELS = ("baseline_vit", "two_stage_hard", "oracle_mask")

@@ -13,8 +13,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from hardmask.config import Config
+from hardmask.layout import mlflow_id_file as run_id_file
 from hardmask.tracking import RunTracker, flatten_config, init_tracking, resolve_tracking_uri
-from hardmask.tracking.mlflow import PARENT_RUN_TAG, run_id_file
+from hardmask.tracking.mlflow import PARENT_RUN_TAG
 
 from ..conftest import REPO, make_tiny_config
 

@@ -7,7 +7,6 @@ from hardmask.cluster.job import (
     SubmissionError,
     TrainingJobsFailed,
     TrainJob,
-    run_dir_for,
     submit_training,
     supersede_stale_runs,
 )
@@ -20,7 +19,6 @@ __all__ = [
     "TrainJob",
     "TrainingJobsFailed",
     "make_executor",
-    "run_dir_for",
     "submit_training",
     "supersede_stale_runs",
 ]

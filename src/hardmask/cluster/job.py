@@ -24,8 +24,11 @@ from typing import Any
 import submitit
 from submitit.core.utils import FailedJobError, FailedSubmissionError, UncompletedJobError
 
+from hardmask import layout
+from hardmask.checkpoint import describe_config_diff, training_config_diff
 from hardmask.cluster.executor import make_executor
 from hardmask.config import Config, config_from_dict
+from hardmask.models import check_variants
 
 log = logging.getLogger("hardmask.cluster")
 
@@ -57,10 +60,6 @@ class JobFailure:
     error: str  # submitit's message: remote traceback and the paths of the job's logs
 
 
-def run_dir_for(cfg: Config, variant: str, seed: int) -> Path:
-    return Path(cfg.base.runs_dir) / variant / f"seed{seed}"
-
-
 def supersede_stale_runs(cfg: Config, variants_seeds: Sequence[tuple[str, int]]) -> list[Path]:
     """Move every resumable run directory that was trained under another training config out of the way.
 
@@ -70,23 +69,20 @@ def supersede_stale_runs(cfg: Config, variants_seeds: Sequence[tuple[str, int]])
     """
     import yaml
 
-    from hardmask.training.checkpoint import describe_config_diff, training_config_diff
-
     moved = []
     current = cfg.dump()
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     for variant, seed in variants_seeds:
-        run_dir = run_dir_for(cfg, variant, seed)
-        config_path = run_dir / "config.yaml"
-        if not (run_dir / "checkpoints" / "last.pt").exists() or not config_path.exists():
+        files = layout.run_files(cfg, variant, seed)
+        if not files.last.exists() or not files.config.exists():
             continue
-        saved = yaml.safe_load(config_path.read_text()) or {}
+        saved = yaml.safe_load(files.config.read_text()) or {}
         diff = training_config_diff(saved, current)
         if not diff:
             continue
-        target = Path(f"{cfg.base.runs_dir}.superseded") / variant / f"seed{seed}-{stamp}"
+        target = layout.superseded_dir(cfg, variant, seed, stamp)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(run_dir), str(target))
+        shutil.move(str(files.root), str(target))
         log.warning(
             "%s/seed%d: the training config changed (%s); moved the old run to %s and training afresh",
             variant,
@@ -129,7 +125,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         train = resolve_target(self.target)
         dist = init_distributed()
         try:
-            return train(cfg, variant, seed, run_dir_for(cfg, variant, seed), dist)
+            return train(cfg, variant, seed, layout.run_dir(cfg, variant, seed), dist)
         finally:
             cleanup()
 
@@ -155,8 +151,9 @@ def submit_training(
     if not variants_seeds:
         raise ValueError("submit_training: no (variant, seed) pairs to run")
     resolve_target(target)  # fail here, not once per job, on a misspelled target
+    check_variants([variant for variant, _ in variants_seeds])
     supersede_stale_runs(cfg, variants_seeds)
-    folder = Path(cfg.cluster.logs_dir) / "train"
+    folder = layout.logs_dir(cfg, "train")
     executor = make_executor(cfg.cluster, folder, name)
     job_fn = TrainJob(target)
     started = time.perf_counter()

@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from hardmask import layout
 from hardmask.cluster.executor import make_executor
 from hardmask.cluster.job import submit_training
 from hardmask.config import Config, config_from_dict, deep_merge
@@ -60,7 +61,7 @@ def executor_record(
 
     workdir.mkdir(parents=True, exist_ok=True)
     run_cfg = executor_config(cfg, executor, variant, epochs, Path(tempfile.mkdtemp(dir=workdir)))
-    trips = round_trip_seconds(run_cfg, Path(run_cfg.cluster.logs_dir) / "round-trip", repeats)
+    trips = round_trip_seconds(run_cfg, layout.logs_dir(run_cfg, "round-trip"), repeats)
     n_train = len(build_dataset(run_cfg, "train", train=False))
     init_tracking(run_cfg)  # as the train stage does: the store exists before the job writes to it
     start = time.perf_counter()

@@ -15,6 +15,7 @@ from hardmask.data.cub import CUBDataset, resolve_cub_root
 from hardmask.data.download import download, ensure_dataset, extract_archive
 from hardmask.data.groups import GroupSpec
 from hardmask.data.imagenet import IN9_VARIANTS, ImageNet9Dataset, ImageNetDataset, load_in9_mapping
+from hardmask.data.loaders import make_loader
 from hardmask.data.metashift import MetaShiftDataset
 from hardmask.data.synthetic import SyntheticManifest, generate_synthetic, is_up_to_date
 from hardmask.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform
@@ -44,6 +45,7 @@ __all__ = [
     "generate_synthetic",
     "is_up_to_date",
     "load_in9_mapping",
+    "make_loader",
 ]
 
 IMAGENET_EVAL_CROP_PCT = 0.875  # timm's centre crop for ImageNet at < 384 px (method spec §4.1)

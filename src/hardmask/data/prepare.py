@@ -14,6 +14,7 @@ import os
 import time
 from pathlib import Path
 
+from hardmask import layout
 from hardmask.config import Config
 from hardmask.data import build_dataset, ensure_dataset, generate_synthetic, is_up_to_date
 from hardmask.data.preview import save_sample_grid
@@ -59,8 +60,7 @@ def prepare(cfg: Config, num_workers: int = 2) -> dict:
     dataset = build_dataset(cfg, split, train=False)
     manifest["preview_split_size"] = len(dataset)
     manifest["groups"] = list(dataset.group_spec.names)
-    figure = Path(cfg.base.reports_dir) / "samples.png"
-    save_sample_grid(dataset, figure, per_group=4, seed=cfg.base.seed)
+    save_sample_grid(dataset, layout.samples_figure(cfg), per_group=4, seed=cfg.base.seed)
     log.info("prepared %s in %.1f s", cfg.data.dataset, time.perf_counter() - start)
-    atomic_write_json(Path(cfg.base.data_dir) / cfg.data.dataset / MANIFEST, manifest)
+    atomic_write_json(layout.dataset_manifest(cfg), manifest)
     return manifest

@@ -1,6 +1,6 @@
 """Evaluation of trained runs (method spec §4.2, §6, §7, §10.3-10.6).
 
-- :mod:`~hardmask.evaluation.metrics`: pure metric functions (accuracies, worst-group, adjusted average,
+- :mod:`~hardmask.metrics`: pure metric functions (accuracies, worst-group, adjusted average,
   BG-gap, AUROC, foreground IoU, NMI/ARI, foreground fraction);
 - :mod:`~hardmask.evaluation.interventions`: part thresholds, leave-one-part-out, part removal, selection;
 - :mod:`~hardmask.evaluation.inference`: one deterministic pass over a split under several interventions;

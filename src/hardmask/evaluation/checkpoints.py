@@ -10,7 +10,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from hardmask.checkpoint import load_checkpoint
 from hardmask.config import Config, config_from_dict
+from hardmask.layout import RunFiles
+from hardmask.models import Variant, build_model, get_variant
 
 
 class EvaluationError(RuntimeError):
@@ -26,18 +29,9 @@ class LoadedRun:
     train_cfg: Config  # the resolved config the run was trained with
     train_run_id: str | None  # MLflow id of the training run
 
-
-def resolve_device(cfg: Config) -> torch.device:
-    if cfg.base.device == "cuda" or (cfg.base.device == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
-    """The dtype of ``torch.autocast`` for evaluation forwards; None = float32 (always on CPU: exact)."""
-    if device.type != "cuda" or cfg.optim.amp == "off":
-        return None
-    return torch.float16 if cfg.optim.amp == "fp16" else torch.bfloat16
+    @property
+    def spec(self) -> Variant:
+        return get_variant(self.variant)
 
 
 def checkpoint_weights(ckpt: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
@@ -54,10 +48,7 @@ def load_run(cfg: Config, run_dir: Path, which: str, num_classes: int, device: t
     ``model.stochastic_eval`` is an evaluation choice and comes from ``cfg``; everything else about the model
     comes from training. The data the model is evaluated on must match what it was trained on.
     """
-    from hardmask.models import build_model
-    from hardmask.training.checkpoint import load_checkpoint
-
-    path = run_dir / "checkpoints" / f"{which}.pt"
+    path = RunFiles(Path(run_dir)).checkpoint(which)
     if not path.is_file():
         raise EvaluationError(
             f"{path}: checkpoint not found (train the run first or set evaluate.checkpoint)"

@@ -2,22 +2,22 @@
 
 Every intervention setting is applied to each batch while it is on the device, so a split is read from disk
 once however many settings are evaluated. Masks and part assignments are kept at the patch grid, only for the
-images that have ground-truth masks (see :mod:`hardmask.evaluation.metrics` for the comparison convention).
+images that have ground-truth masks (see :mod:`hardmask.metrics` for the comparison convention).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from hardmask.evaluation.interventions import NO_INTERVENTION, InterventionSetting
-from hardmask.evaluation.metrics import pool_mask_to_patches, pool_parts_to_patches
+from hardmask.evaluation.overlays import OverlaySamples
+from hardmask.metrics import pool_mask_to_patches, pool_parts_to_patches
 
 
 @dataclass
@@ -42,34 +42,6 @@ class SplitPredictions:
         if self.hard_masks is None:
             return np.full(len(self.labels), np.nan)
         return self.hard_masks.mean(axis=1)
-
-
-@dataclass
-class OverlaySamples:
-    """A few images per group (failures included) with their part maps and hard masks, for the report."""
-
-    images: np.ndarray  # [N,H,W,3] uint8, de-normalised
-    labels: np.ndarray  # [N]
-    preds: np.ndarray  # [N]
-    groups: np.ndarray  # [N]
-    group_names: tuple[str, ...]  # name of every group id of the dataset
-    part_maps: np.ndarray | None = None  # [N,K+1,h,w] float16, background last
-    hard_masks: np.ndarray | None = None  # [N,h,w] bool
-
-    def save(self, path: str | Path) -> None:
-        from hardmask.io import atomic_path
-
-        arrays = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
-        arrays["group_names"] = np.asarray(self.group_names, dtype=str)
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-
-    @classmethod
-    def load(cls, path: str | Path) -> OverlaySamples:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-        arrays["group_names"] = tuple(str(n) for n in arrays["group_names"])
-        return cls(**arrays)
 
 
 class _Collector:

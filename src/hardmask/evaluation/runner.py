@@ -35,15 +35,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from hardmask import layout
+from hardmask import metrics as M
 from hardmask.config import Config
-from hardmask.evaluation import metrics as M
-from hardmask.evaluation.checkpoints import (
-    EvaluationError,
-    LoadedRun,
-    autocast_dtype,
-    load_run,
-    resolve_device,
-)
+from hardmask.data import DataError, build_dataset, make_loader
+from hardmask.evaluation.checkpoints import EvaluationError, LoadedRun, load_run
 from hardmask.evaluation.inference import OverlayPicker, SplitPredictions, predict_split
 from hardmask.evaluation.interventions import (
     NO_INTERVENTION,
@@ -55,23 +51,16 @@ from hardmask.evaluation.interventions import (
 )
 from hardmask.evaluation.tidy import BG_GAP_SPLIT, EVAL_COLUMNS, GROUP_ACC_PREFIX
 from hardmask.io import atomic_dir
+from hardmask.models import check_variants
 from hardmask.models.backbone import input_normalization
+from hardmask.runtime import autocast_dtype, resolve_device
 
 log = logging.getLogger("hardmask.evaluate")
 
 GROUP_COLUMNS = (*EVAL_COLUMNS[:5], "group", "name", "n", "correct", "acc")
 FULL_SWEEP_SPLITS = ("val", "test")  # every intervention setting is evaluated on these, val first
-PART_VARIANTS = ("two_stage_hard", "two_stage_soft", "stage1_only")  # variants with stage-1 parts
 
-__all__ = [
-    "EvaluationError",
-    "evaluate_all",
-    "evaluate_run",
-    "eval_dir_of",
-    "eval_table_path",
-    "run_dir_of",
-    "split_metrics",
-]
+__all__ = ["EvaluationError", "evaluate_all", "evaluate_run", "split_metrics"]
 
 
 # ----------------------------------------------------------------------------------------- metrics
@@ -203,7 +192,7 @@ class _Evaluation:
 
     @property
     def fg_mask_input(self) -> bool:
-        return self.run.variant == "oracle_mask"  # the oracle reads the ground-truth mask
+        return self.run.spec.takes_fg_mask
 
     def predict(
         self,
@@ -221,28 +210,20 @@ class _Evaluation:
             device=self.device,
             fg_mask_input=self.fg_mask_input,
             patch_threshold=self.run.train_cfg.model.oracle_patch_threshold,
-            autocast_dtype=autocast_dtype(self.cfg, self.device),
+            autocast_dtype=autocast_dtype(self.run.train_cfg.optim.amp, self.device),  # as it was trained
             overlays=overlays,
         )
         return {name: split_metrics(preds, self.context) for name, preds in predictions.items()}
 
 
 def _loader(cfg: Config, dataset: Any, device: torch.device) -> DataLoader:
-    loader_cfg = cfg.data.loader
-    return DataLoader(
-        dataset,
-        batch_size=loader_cfg.eval_batch_size,
-        shuffle=False,
-        num_workers=loader_cfg.num_workers,
-        pin_memory=loader_cfg.pin_memory and device.type == "cuda",
-    )
+    loader = cfg.data.loader
+    pin = loader.pin_memory and device.type == "cuda"
+    return make_loader(dataset, loader.eval_batch_size, num_workers=loader.num_workers, pin_memory=pin)
 
 
 def _prepare(cfg: Config, run_dir: Path) -> _Evaluation:
-    from hardmask.data import build_dataset
-    from hardmask.data.common import DataError
-
-    device = resolve_device(cfg)
+    device = resolve_device(cfg.base.device)
     num_classes = build_dataset(cfg, "train", train=False).num_classes  # as training does
     run = load_run(cfg, run_dir, cfg.evaluate.checkpoint, num_classes, device)
     mean, std = input_normalization(run.model)
@@ -263,7 +244,7 @@ def _prepare(cfg: Config, run_dir: Path) -> _Evaluation:
 
 def _settings(ev: _Evaluation) -> tuple[list[InterventionSetting], dict[float, tuple[float, ...]]]:
     """The intervention settings of the run (just ``none`` for models without parts) and the thresholds."""
-    if ev.run.variant not in PART_VARIANTS:
+    if not ev.run.spec.has_parts:
         return [InterventionSetting(NO_INTERVENTION)], {}
     eval_cfg = ev.cfg.evaluate
     thresholds = training_split_thresholds(
@@ -313,7 +294,8 @@ def _unique(settings: Iterable[InterventionSetting]) -> list[InterventionSetting
 
 
 def evaluate_run(cfg: Config, run_dir: str | Path) -> pd.DataFrame:
-    """Evaluate one training run on every available split and intervention; write its :func:`eval_dir_of`.
+    """Evaluate one training run on every available split and intervention; write its evaluation directory
+    (:func:`hardmask.layout.eval_files`).
 
     Nothing is written into ``run_dir``: it is the train stage's DVC output, and touching it would make DVC
     retrain."""
@@ -328,7 +310,7 @@ def evaluate_run(cfg: Config, run_dir: str | Path) -> pd.DataFrame:
         )
     selected, val_wga = _sweep(ev, settings, records, overlays)
 
-    if cfg.evaluate.checkpoint == "best" and (run_dir / "checkpoints" / "last.pt").is_file():  # §10.6
+    if cfg.evaluate.checkpoint == "best" and layout.RunFiles(run_dir).last.is_file():  # §10.6
         last = load_run(cfg, run_dir, "last", ev.train_set.num_classes, ev.device)
         for split in (s for s in FULL_SWEEP_SPLITS if s in ev.loaders):
             result = ev.predict(last.model, split, [InterventionSetting(NO_INTERVENTION)])[NO_INTERVENTION]
@@ -345,15 +327,16 @@ def evaluate_run(cfg: Config, run_dir: str | Path) -> pd.DataFrame:
         "val_worst_group_acc": val_wga,
         "thresholds": {f"{q:g}": list(values) for q, values in thresholds.items()},
     }
-    eval_dir = eval_dir_of(cfg, ev.run.variant, ev.run.seed)
+    eval_dir = layout.eval_files(cfg, ev.run.variant, ev.run.seed).root
     with atomic_dir(eval_dir) as tmp:  # the directory appears whole or not at all
-        frame.to_csv(tmp / "metrics.csv", index=False)
-        records.groups_frame().to_csv(tmp / "groups.csv", index=False)
-        records.predictions_frame().to_csv(tmp / "predictions.csv", index=False)
-        (tmp / "selection.json").write_text(json.dumps(selection, indent=2) + "\n")
+        files = layout.EvalFiles(tmp)
+        frame.to_csv(files.metrics, index=False)
+        records.groups_frame().to_csv(files.groups, index=False)
+        records.predictions_frame().to_csv(files.predictions, index=False)
+        files.selection.write_text(json.dumps(selection, indent=2) + "\n")
         picked = overlays.result() if overlays is not None else None
         if picked is not None:
-            picked.save(tmp / "overlays.npz")
+            picked.save(files.overlays)
     log_evaluation(cfg, ev.run, eval_dir, frame)
     return frame
 
@@ -386,24 +369,13 @@ def log_evaluation(cfg: Config, run: LoadedRun, eval_dir: Path, frame: pd.DataFr
 
 
 # ----------------------------------------------------------------------------------------- all runs
-def run_dir_of(cfg: Config, variant: str, seed: int) -> Path:
-    return Path(cfg.base.runs_dir) / variant / f"seed{seed}"
-
-
-def eval_dir_of(cfg: Config, variant: str, seed: int) -> Path:
-    return Path(cfg.base.reports_dir) / "eval" / variant / f"seed{seed}"
-
-
-def eval_table_path(cfg: Config) -> Path:
-    return Path(cfg.base.reports_dir) / "eval" / "eval.csv"
-
-
 def evaluate_all(cfg: Config) -> pd.DataFrame:
     """Evaluate every ``train.variants`` x ``train.seeds`` run; a missing run is an error, not a gap."""
+    check_variants(cfg.train.variants)
     frames = []
     for variant in cfg.train.variants:
         for seed in cfg.train.seeds:
-            run_dir = run_dir_of(cfg, variant, seed)
+            run_dir = layout.run_dir(cfg, variant, seed)
             log.info("evaluating %s", run_dir)
             frames.append(evaluate_run(cfg, run_dir))
     return pd.concat(frames, ignore_index=True)

@@ -1,7 +1,7 @@
 """Losses: one small function per term, combined by :class:`Criterion` with the weights of ``LossSection``."""
 
 from hardmask.losses.classification import classification_loss
-from hardmask.losses.criterion import VARIANT_TERMS, Criterion, LossOutput
+from hardmask.losses.criterion import LOSS_GROUPS, TERMS, Criterion, LossOutput
 from hardmask.losses.equivariance import (
     SimilarityTransform,
     equivariance_loss,
@@ -21,7 +21,8 @@ from hardmask.losses.part_priors import (
 )
 
 __all__ = [
-    "VARIANT_TERMS",
+    "LOSS_GROUPS",
+    "TERMS",
     "Criterion",
     "LossOutput",
     "SimilarityTransform",

@@ -12,7 +12,6 @@ substrings, so a renamed attribute cannot silently move a parameter into the wro
 
 from __future__ import annotations
 
-import contextlib
 from typing import Literal
 
 import torch
@@ -105,14 +104,6 @@ def attention_dtype(reference: Tensor) -> torch.dtype:
     if torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return reference.dtype
-
-
-def autocast_disabled(reference: Tensor) -> contextlib.AbstractContextManager:
-    """A context that runs float32 inside an autocast region on ``reference``'s device (no-op outside one)."""
-    device_type = reference.device.type
-    if torch.is_autocast_enabled(device_type):
-        return torch.autocast(device_type=device_type, enabled=False)
-    return contextlib.nullcontext()
 
 
 def input_normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -1,4 +1,10 @@
-"""``build_model(variant, model_cfg, num_classes, image_size)``: the configured model of a variant.
+"""The variant registry: one table of every model variant, which every other module asks.
+
+A :class:`Variant` says how the model is built, whether it has stage-1 parts (test-time interventions, part
+metrics), whether it reads the ground-truth foreground mask, and which loss groups it trains with
+(``hardmask.losses.LOSS_GROUPS``: ``prediction``, the cross-entropy of its prediction; ``stage1``, stage 1's
+part classifier and part-discovery priors). Training, evaluation and the benchmark look these up by name;
+adding a variant is one entry here (plus its model class and tests).
 
 Freezing works on parameter roles (``backbone.ParamRole``), for every variant alike:
 
@@ -14,9 +20,12 @@ The predictor ViT is stage 2 for two-stage and oracle models and the single ViT 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
 from torch import nn
 
-from hardmask.config import VARIANTS, ModelSection
+from hardmask.config import ConfigError, ModelSection
 from hardmask.models.backbone import ParamRole
 from hardmask.models.baselines import BaselineViT, OracleMaskModel, Stage1OnlyModel
 from hardmask.models.stage1 import PartDiscoveryViT
@@ -24,47 +33,135 @@ from hardmask.models.stage2 import MaskedViT
 from hardmask.models.two_stage import TwoStageViT
 from hardmask.models.weights import create_backbone
 
+Builder = Callable[[ModelSection, int, int], nn.Module]  # (model config, num_classes, image_size) -> model
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    summary: str  # one line for reports and --help
+    build: Builder  # without freezing (build_model applies it)
+    has_parts: bool  # stage-1 parts: interventions, part thresholds, NMI/ARI
+    takes_fg_mask: bool  # the forward pass reads the ground-truth pixel mask (``model(images, fg_mask=...)``)
+    losses: tuple[str, ...]  # loss groups (hardmask.losses.LOSS_GROUPS); a term with weight 0 is skipped
+
+
+# ----------------------------------------------------------------------------------------------- builders
+def _stage1(cfg: ModelSection, num_classes: int, image_size: int) -> PartDiscoveryViT:
+    backbone = cfg.backbone
+    return PartDiscoveryViT(
+        create_backbone(backbone, image_size, backbone.drop_path_stage1),
+        num_parts=cfg.num_parts,
+        num_classes=num_classes,
+        part_dropout=cfg.part_dropout,
+        gumbel_softmax=cfg.gumbel_softmax,
+        tau=cfg.gumbel_tau,
+        stochastic_eval=cfg.stochastic_eval,
+        position_free=cfg.stage1_position_free,
+    )
+
+
+def _stage2(cfg: ModelSection, num_classes: int, image_size: int) -> MaskedViT:
+    backbone = create_backbone(cfg.backbone, image_size, cfg.backbone.drop_path_stage2)
+    return MaskedViT(backbone, num_classes, impl=cfg.stage2_impl)
+
+
+def _two_stage(soft_masks: bool) -> Builder:
+    def build(cfg: ModelSection, num_classes: int, image_size: int) -> nn.Module:
+        stage1 = _stage1(cfg, num_classes, image_size)  # built first: the RNG draws of stage 1 come first
+        return TwoStageViT(
+            stage1,
+            _stage2(cfg, num_classes, image_size),
+            part_dropout_stage2=cfg.part_dropout_stage2,
+            mask_grad=cfg.mask_grad,
+            soft_masks=soft_masks,
+        )
+
+    return build
+
+
+def _baseline(cfg: ModelSection, num_classes: int, image_size: int) -> nn.Module:
+    return BaselineViT(create_backbone(cfg.backbone, image_size, cfg.backbone.drop_path_stage2), num_classes)
+
+
+def _stage1_only(cfg: ModelSection, num_classes: int, image_size: int) -> nn.Module:
+    return Stage1OnlyModel(_stage1(cfg, num_classes, image_size))
+
+
+def _oracle(cfg: ModelSection, num_classes: int, image_size: int) -> nn.Module:
+    return OracleMaskModel(_stage2(cfg, num_classes, image_size), patch_threshold=cfg.oracle_patch_threshold)
+
+
+# ----------------------------------------------------------------------------------------------- the table
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant(
+            "baseline_vit",
+            "single-stage ViT fine-tuned with a class-token head",
+            _baseline,
+            has_parts=False,
+            takes_fg_mask=False,
+            losses=("prediction",),
+        ),
+        Variant(
+            "two_stage_hard",
+            "the method: stage-1 part discovery, stage-2 ViT attending only to foreground tokens",
+            _two_stage(soft_masks=False),
+            has_parts=True,
+            takes_fg_mask=False,
+            losses=("prediction", "stage1"),
+        ),
+        Variant(
+            "two_stage_soft",
+            "ablation: stage 2 gets a soft additive attention bias instead of the hard mask",
+            _two_stage(soft_masks=True),
+            has_parts=True,
+            takes_fg_mask=False,
+            losses=("prediction", "stage1"),
+        ),
+        Variant(
+            "stage1_only",
+            "the stage-1 part classifier alone (PDiscoFormer-style)",
+            _stage1_only,
+            has_parts=True,
+            takes_fg_mask=False,
+            losses=("stage1",),
+        ),
+        Variant(
+            "oracle_mask",
+            "stage 2 given the ground-truth foreground mask (upper bound; needs masks)",
+            _oracle,
+            has_parts=False,
+            takes_fg_mask=True,
+            losses=("prediction",),
+        ),
+    )
+}
+
+
+def get_variant(name: str, key: str = "variant") -> Variant:
+    """The registry entry of ``name``; an unknown name is a :class:`ConfigError` naming ``key``."""
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise ConfigError(
+            f"{key}: unknown model variant {name!r}; expected one of {', '.join(VARIANTS)}"
+        ) from None
+
+
+def check_variants(names: Iterable[str], key: str = "train.variants") -> None:
+    """Every name of ``names`` is a registered variant, or a :class:`ConfigError` naming ``key``."""
+    for name in names:
+        get_variant(name, key)
+
 
 def build_model(variant: str, model_cfg: ModelSection, num_classes: int, image_size: int) -> nn.Module:
-    """The model of ``variant`` (one of ``hardmask.config.VARIANTS``), ``model_cfg``'s freezing applied."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown model variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+    """The model of ``variant`` (a key of :data:`VARIANTS`), ``model_cfg``'s freezing applied."""
+    spec = get_variant(variant)
     if num_classes < 1:
         raise ValueError(f"build_model: num_classes must be >= 1, got {num_classes}")
-    backbone_cfg = model_cfg.backbone
-
-    def stage1() -> PartDiscoveryViT:
-        return PartDiscoveryViT(
-            create_backbone(backbone_cfg, image_size, backbone_cfg.drop_path_stage1),
-            num_parts=model_cfg.num_parts,
-            num_classes=num_classes,
-            part_dropout=model_cfg.part_dropout,
-            gumbel_softmax=model_cfg.gumbel_softmax,
-            tau=model_cfg.gumbel_tau,
-            stochastic_eval=model_cfg.stochastic_eval,
-            position_free=model_cfg.stage1_position_free,
-        )
-
-    def stage2() -> MaskedViT:
-        backbone = create_backbone(backbone_cfg, image_size, backbone_cfg.drop_path_stage2)
-        return MaskedViT(backbone, num_classes, impl=model_cfg.stage2_impl)
-
-    if variant in ("two_stage_hard", "two_stage_soft"):
-        model: nn.Module = TwoStageViT(
-            stage1(),
-            stage2(),
-            part_dropout_stage2=model_cfg.part_dropout_stage2,
-            mask_grad=model_cfg.mask_grad,
-            soft_masks=variant == "two_stage_soft",
-        )
-    elif variant == "stage1_only":
-        model = Stage1OnlyModel(stage1())
-    elif variant == "oracle_mask":
-        model = OracleMaskModel(stage2(), patch_threshold=model_cfg.oracle_patch_threshold)
-    else:  # baseline_vit
-        model = BaselineViT(
-            create_backbone(backbone_cfg, image_size, backbone_cfg.drop_path_stage2), num_classes
-        )
+    model = spec.build(model_cfg, num_classes, image_size)
     apply_freezing(model, model_cfg)
     return model
 

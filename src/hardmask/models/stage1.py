@@ -20,14 +20,9 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from hardmask.models.backbone import (
-    ParamRole,
-    autocast_disabled,
-    backbone_roles,
-    prepare_backbone,
-    token_grid,
-)
+from hardmask.models.backbone import ParamRole, backbone_roles, prepare_backbone, token_grid
 from hardmask.models.interventions import Interventions, apply_interventions
+from hardmask.runtime import autocast_disabled
 
 
 @dataclass(frozen=True, eq=False)  # holds tensors: no field-wise == (ambiguous truth value)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from hardmask import layout
 from hardmask.config import Config
-from hardmask.evaluation.inference import OverlaySamples
-from hardmask.evaluation.runner import eval_dir_of, eval_table_path, run_dir_of
+from hardmask.evaluation.overlays import OverlaySamples
 from hardmask.evaluation.tidy import check_columns
 
 log = logging.getLogger("hardmask.report")
@@ -38,22 +38,20 @@ def load_report_inputs(cfg: Config) -> ReportInputs:
     """``<reports_dir>/eval/eval.csv``, each run's ``history.csv`` and its
     ``{overlays.npz,selection.json}`` eval files of ``train.variants`` x ``train.seeds``.
     A missing per-run file only shrinks the report (it is logged)."""
-    eval_df = read_eval_table(eval_table_path(cfg))
+    eval_df = read_eval_table(layout.eval_table(cfg))
     inputs = ReportInputs(eval_df=eval_df, histories={}, overlays={}, selections={})
     for variant in cfg.train.variants:
         for seed in cfg.train.seeds:
-            history = run_dir_of(cfg, variant, seed) / "history.csv"
+            history = layout.run_files(cfg, variant, seed).history
             if history.is_file():
                 inputs.histories[(variant, seed)] = pd.read_csv(history)
             else:
                 log.info("%s: no training history; left out of the training curves", history)
-            eval_dir = eval_dir_of(cfg, variant, seed)
-            overlays = eval_dir / "overlays.npz"
-            if variant not in inputs.overlays and overlays.is_file():
-                inputs.overlays[variant] = OverlaySamples.load(overlays)
-            selection = eval_dir / "selection.json"
-            if selection.is_file():
-                record = json.loads(selection.read_text())
+            files = layout.eval_files(cfg, variant, seed)
+            if variant not in inputs.overlays and files.overlays.is_file():
+                inputs.overlays[variant] = OverlaySamples.load(files.overlays)
+            if files.selection.is_file():
+                record = json.loads(files.selection.read_text())
                 if len(record.get("settings", [])) > 1:  # only runs that had interventions to choose from
                     inputs.selections[(variant, seed)] = record["selected"]
     return inputs

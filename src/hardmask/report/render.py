@@ -25,7 +25,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from hardmask.config import Config
-from hardmask.evaluation.inference import OverlaySamples
+from hardmask.evaluation.overlays import OverlaySamples
 from hardmask.evaluation.tidy import BG_GAP_SPLIT, check_columns
 from hardmask.io import atomic_dir, atomic_write_text
 from hardmask.report import figures, tables

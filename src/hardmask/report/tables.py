@@ -13,7 +13,6 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from hardmask.config import VARIANTS
 from hardmask.evaluation.tidy import BG_GAP_SPLIT, GROUP_ACC_PREFIX, primary_checkpoint
 
 HEADLINE = (  # (column title, split, metric)
@@ -42,10 +41,8 @@ def primary_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def model_order(models: Sequence[str]) -> list[str]:
-    """Canonical variant order first, anything else after it alphabetically."""
-    present = set(models)
-    known = [m for m in VARIANTS if m in present]
-    return known + sorted(present - set(known))
+    """Models in order of first appearance: the evaluate stage writes them in ``train.variants`` order."""
+    return list(dict.fromkeys(models))
 
 
 def seed_stats(rows: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
@@ -95,7 +92,7 @@ def model_table(df: pd.DataFrame, columns: Sequence[tuple[str, str, str]]) -> pd
     table = _wide(pd.concat(parts), "title")
     if table.empty:
         return table
-    rank = {m: r for r, m in enumerate(model_order(table.index.get_level_values("model")))}
+    rank = {m: r for r, m in enumerate(model_order(df["model"]))}
     # each model's plain row first ("none" < "selected"), models in canonical order
     table = table.iloc[sorted(range(len(table)), key=lambda r: (rank[table.index[r][0]], table.index[r][1]))]
     table.index = pd.Index([m if i == "none" else m + SELECTED_SUFFIX for m, i in table.index], name="model")

@@ -22,7 +22,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from hardmask.config import Config
+from hardmask import layout
+from hardmask.config import Config, flatten
 from hardmask.io import atomic_write_text
 
 if TYPE_CHECKING:
@@ -132,16 +133,10 @@ def flatten_config(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
     Strings stay as they are; every other leaf, lists and empty mappings included, is written as JSON.
     """
-    flat: dict[str, str] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten_config(value, prefix=f"{name}."))
-        elif isinstance(value, str):
-            flat[name] = value
-        else:
-            flat[name] = json.dumps(value, default=str)
-    return flat
+    return {
+        key: value if isinstance(value, str) else json.dumps(value, default=str)
+        for key, value in flatten(data, prefix).items()
+    }
 
 
 def git_commit(root: str | Path | None = None) -> str:
@@ -155,8 +150,9 @@ def git_commit(root: str | Path | None = None) -> str:
 
 
 def dataset_fingerprint(cfg: Config) -> str:
-    """The ``fingerprint`` in the prepared data's ``manifest.json`` (data root, then data dir), or unknown."""
-    for manifest in (cfg.data_root / "manifest.json", Path(cfg.base.data_dir) / "manifest.json"):
+    """The ``fingerprint`` in the prepared data's ``manifest.json`` (as the prepare stage wrote it), or
+    unknown."""
+    for manifest in (layout.dataset_manifest(cfg), cfg.data_root / "manifest.json"):
         try:
             return str(json.loads(manifest.read_text())["fingerprint"])
         except (OSError, ValueError, KeyError, TypeError):
@@ -184,10 +180,6 @@ def run_tags(cfg: Config, kind: str, variant: str, seed: int) -> dict[str, str]:
     }
     tags.update({tag: os.environ[var] for tag, var in env_tags.items() if os.environ.get(var)})
     return tags
-
-
-def run_id_file(run_dir: str | Path, kind: str) -> Path:
-    return Path(run_dir) / f"mlflow_{kind}_run_id"
 
 
 # ------------------------------------------------------------------------------------------------ the tracker
@@ -237,7 +229,7 @@ class RunTracker:
         uri = resolve_tracking_uri(cfg)
         client = _client(uri)
         experiment_id = ensure_experiment(client, cfg.tracking.experiment, uri)
-        id_file = run_id_file(run_dir, kind)
+        id_file = layout.mlflow_id_file(run_dir, kind)
         if run_id is None and resume and id_file.is_file():
             run_id = id_file.read_text().strip() or None
         run_tags_ = {**run_tags(cfg, kind, variant, seed), **(tags or {})}
@@ -292,7 +284,7 @@ class RunTracker:
         enabled: bool = True,
     ) -> RunTracker:
         """A new eval run, tagged with the training run it evaluates (read from ``run_dir`` if not given)."""
-        train_id_file = run_id_file(run_dir, "train")
+        train_id_file = layout.mlflow_id_file(run_dir, "train")
         if training_run_id is None and train_id_file.is_file():
             training_run_id = train_id_file.read_text().strip() or None
         tags = {"train_run_id": training_run_id} if training_run_id else {}

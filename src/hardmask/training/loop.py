@@ -1,40 +1,35 @@
 """Joint training of one (variant, seed): resumable to the step, identical on resume, rank-0 writes.
 
-``train`` is what a submitit job calls. Everything it writes lives in its run directory::
+``train`` is what a submitit job calls. It writes the run directory of :mod:`hardmask.layout`
+(``config.yaml``, ``checkpoints/{last,best}.pt``, ``history.csv``, ``metrics.json``); the step itself is
+:class:`~hardmask.training.trainer.Trainer`'s.
 
-    runs/<variant>/seed<seed>/
-        config.yaml            resolved config of this run
-        checkpoints/last.pt    full state (model, optimiser, scheduler, EMA, RNGs, data position); atomic
-        checkpoints/best.pt    weights with the best validation worst-group accuracy (model selection, §10.6)
-        history.csv            one row per epoch (losses, accuracies, learning rate, throughput)
-        metrics.json           final summary tracked by DVC
+- ``checkpoints/last.pt``: full state (model, optimiser, scheduler, EMA, RNGs, data position), atomic, every
+  ``train.checkpoint_every_steps`` updates and at every epoch end;
+- ``checkpoints/best.pt``: the weights with the best validation worst-group accuracy (model selection on the
+  validation split, never test: method spec §10.6);
+- ``history.csv``: one row per epoch (losses, accuracies, learning rate, throughput).
 
-Deviations from the reference, on purpose: the cosine schedule is stepped per optimiser update (the reference
-steps per epoch), validation uses the validation split (never test), and gradients are averaged across ranks
-explicitly after backward (exact, and indifferent to the extra stage-1 pass of the equivariance loss).
+Deviations from the reference, on purpose: the cosine schedule is stepped per optimiser update, validation
+uses the validation split, and gradients are averaged across ranks explicitly after backward (exact, and
+indifferent to the extra stage-1 pass of the equivariance loss).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
-import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from hardmask.config import Config, save_config
-from hardmask.io import atomic_write_json, atomic_write_text
-from hardmask.training.checkpoint import (
+from hardmask.checkpoint import (
     capture_rng_state,
     describe_config_diff,
     load_checkpoint,
@@ -42,14 +37,22 @@ from hardmask.training.checkpoint import (
     save_checkpoint,
     training_config_diff,
 )
-from hardmask.training.distributed import DistContext, all_reduce_grads, barrier
+from hardmask.config import Config, save_config
+from hardmask.data import build_dataset, make_loader
+from hardmask.io import atomic_write_json, atomic_write_text
+from hardmask.layout import RunFiles
+from hardmask.metrics import group_accuracy_table
+from hardmask.models import Variant, build_model, get_variant
+from hardmask.models.backbone import input_normalization
+from hardmask.runtime import resolve_device, seed_everything
+from hardmask.tracking import RunTracker
+from hardmask.training.distributed import DistContext, barrier
 from hardmask.training.sampler import ResumableSampler, SeededSamples
+from hardmask.training.trainer import LoopState, Trainer, TrainingError
 
 log = logging.getLogger("hardmask.train")
 
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (non-finite loss, unusable output directory, ...)."""
+__all__ = ["TrainResult", "TrainingError", "train", "validate"]
 
 
 @dataclass(frozen=True)
@@ -67,57 +70,7 @@ class TrainResult:
     mlflow_run_id: str | None
 
 
-@dataclass
-class LoopState:
-    """The position of a run; saved in every checkpoint."""
-
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    global_step: int = 0
-    best_metric: float = -math.inf
-    best_epoch: int = -1
-    # running sums of the current epoch, so that a resumed epoch reports what an uninterrupted one would
-    epoch_sums: dict[str, float] = field(default_factory=dict)
-    epoch_batches: int = 0
-    epoch_correct: int = 0
-    epoch_seen: int = 0
-
-
 # ----------------------------------------------------------------------------------------------- helpers
-def resolve_device(cfg: Config, dist: DistContext) -> torch.device:
-    if dist.device is not None:
-        return torch.device(dist.device)
-    if cfg.base.device == "cuda" or (cfg.base.device == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", dist.local_rank)
-    return torch.device("cpu")
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def autocast_context(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager:
-    amp = cfg.optim.amp
-    if device.type != "cuda" or amp == "off":
-        return contextlib.nullcontext()  # fp32 on CPU: exact and reproducible
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return torch.autocast("cuda", dtype=dtype)
-
-
-def cosine_with_warmup(total_updates: int, warmup_updates: int, min_ratio: float):
-    def factor(update: int) -> float:
-        if warmup_updates > 0 and update < warmup_updates:
-            return (update + 1) / warmup_updates
-        progress = (update - warmup_updates) / max(1, total_updates - warmup_updates)
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
 def check_writable(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -143,32 +96,14 @@ def check_resumable(ckpt: dict[str, Any], cfg: Config, variant: str, seed: int, 
         )
 
 
-def make_loader(dataset: Any, batch_size: int, num_workers: int, pin: bool, sampler=None) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=pin,
-        drop_last=sampler is not None,
-        persistent_workers=False,
-        # its own generator: creating an iterator must not draw from the global RNG, or a resumed epoch would
-        # see different Gumbel noise than an uninterrupted one
-        generator=torch.Generator(),
-    )
-
-
 @torch.no_grad()
-def validate(model: nn.Module, loader: DataLoader, device: torch.device, variant: str) -> dict[str, float]:
+def validate(model: nn.Module, loader: DataLoader, device: torch.device, spec: Variant) -> dict[str, float]:
     """Average and worst-group accuracy on the validation split (groups as the dataset defines them)."""
-    from hardmask.evaluation.metrics import group_accuracy_table
-
     model.eval()
     preds, labels, groups = [], [], []
     for batch in loader:
         images = batch["image"].to(device, non_blocking=True)
-        fg = batch["fg_mask"].to(device) if variant == "oracle_mask" else None
+        fg = batch["fg_mask"].to(device) if spec.takes_fg_mask else None
         out = model(images, fg_mask=fg)
         preds.append(out.logits.argmax(-1).cpu())
         labels.append(batch["label"])
@@ -207,265 +142,235 @@ class _Progress:
 
 
 # ----------------------------------------------------------------------------------------------- train
-def train(
-    cfg: Config, variant: str, seed: int, run_dir: str | Path, dist: DistContext | None = None
-) -> TrainResult:
-    from hardmask.data import build_dataset
-    from hardmask.losses import Criterion
-    from hardmask.models import build_model
-    from hardmask.models.backbone import input_normalization
-    from hardmask.tracking import RunTracker
-    from hardmask.training.optim import build_optimizer, build_param_groups
+class _Run:
+    """One run's data, trainer and files, set up for :func:`train`."""
 
-    dist = dist or DistContext.single()
-    run_dir = Path(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    last_path = ckpt_dir / "last.pt"
-    if dist.is_main:
-        check_writable(ckpt_dir)
-    ckpt = load_checkpoint(last_path, map_location="cpu") if last_path.exists() else None
-    if ckpt is not None:
-        check_resumable(ckpt, cfg, variant, seed, last_path)
-    if dist.is_main:
-        save_config(cfg, run_dir / "config.yaml")
-    device = resolve_device(cfg, dist)
-    if device.type == "cpu" and cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
-    if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-
-    # Identical initial weights on every rank; training noise (Gumbel, dropout) differs per rank afterwards.
-    seed_everything(seed)
-    probe = build_dataset(cfg, "train", train=False)
-    model = build_model(variant, cfg.model, num_classes=probe.num_classes, image_size=cfg.data.image_size)
-    model.to(device)
-    mean, std = input_normalization(model)
-    train_set = build_dataset(cfg, "train", train=True, mean=mean, std=std)
-    val_set = build_dataset(cfg, "val", train=False, mean=mean, std=std)
-
-    loader_cfg = cfg.data.loader
-    sampler = ResumableSampler(len(train_set), loader_cfg.batch_size, seed, dist.rank, dist.world_size)
-    pin = loader_cfg.pin_memory and device.type == "cuda"
-    train_loader = make_loader(
-        SeededSamples(train_set, seed), loader_cfg.batch_size, loader_cfg.num_workers, pin, sampler
-    )
-    val_loader = make_loader(val_set, loader_cfg.eval_batch_size, loader_cfg.num_workers, pin)
-
-    accum = cfg.optim.grad_accumulation
-    updates_per_epoch = max(1, sampler.batches_per_epoch // accum)
-    total_updates = updates_per_epoch * cfg.optim.epochs
-    groups = build_param_groups(
-        model, variant, cfg, steps_per_epoch=updates_per_epoch, world_size=dist.world_size
-    )
-    optimizer = build_optimizer(groups, cfg)
-    warmup = round(cfg.optim.warmup_epochs * updates_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, cosine_with_warmup(total_updates, warmup, cfg.optim.min_lr_ratio)
-    )
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.optim.amp == "fp16")
-    ema = None
-    if cfg.optim.ema_decay:
-        from timm.utils import ModelEmaV3
-
-        ema = ModelEmaV3(model, decay=cfg.optim.ema_decay)
-    criterion = Criterion(cfg.loss, variant)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-
-    state, history, mlflow_run_id = LoopState(), [], None
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        if ema is not None and ckpt.get("ema") is not None:
-            ema.load_state_dict(ckpt["ema"])
-        state = LoopState(**ckpt["loop"])
-        history = list(ckpt["history"])
-        mlflow_run_id = ckpt.get("mlflow_run_id")
-        restore_rng_state(ckpt["rng"][min(dist.rank, len(ckpt["rng"]) - 1)])
-        log.info(
-            "resumed %s from epoch %d batch %d (step %d)",
-            last_path,
-            state.epoch,
-            state.batch_in_epoch,
-            state.global_step,
+    def __init__(self, cfg: Config, variant: str, seed: int, run_dir: Path, dist: DistContext) -> None:
+        self.cfg, self.variant, self.seed, self.dist = cfg, variant, seed, dist
+        self.files = RunFiles(Path(run_dir))
+        self.spec = get_variant(variant)
+        if dist.is_main:
+            check_writable(self.files.checkpoints)
+        last = self.files.last
+        self.resume_from = load_checkpoint(last, map_location="cpu") if last.exists() else None
+        if self.resume_from is not None:
+            check_resumable(self.resume_from, cfg, variant, seed, last)
+        if dist.is_main:
+            save_config(cfg, self.files.config)
+        self.device = (
+            torch.device(dist.device) if dist.device else resolve_device(cfg.base.device, dist.local_rank)
         )
-    else:
-        torch.manual_seed(seed * 1000 + dist.rank)
+        if self.device.type == "cpu" and cfg.train.num_threads:
+            torch.set_num_threads(cfg.train.num_threads)
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
 
-    tracker = RunTracker.for_training(
-        cfg, variant=variant, seed=seed, run_dir=run_dir, run_id=mlflow_run_id, enabled=dist.is_main
-    )
-    tracker.log_params({"lr_scaling": groups.scaling_note, **groups.summary()})
+        # Identical initial weights on every rank; training noise (Gumbel, dropout) differs per rank
+        # afterwards.
+        seed_everything(seed)
+        probe = build_dataset(cfg, "train", train=False)
+        model = build_model(variant, cfg.model, num_classes=probe.num_classes, image_size=cfg.data.image_size)
+        model.to(self.device)
+        mean, std = input_normalization(model)
+        train_set = build_dataset(cfg, "train", train=True, mean=mean, std=std)
+        val_set = build_dataset(cfg, "val", train=False, mean=mean, std=std)
 
-    def checkpoint(path: Path) -> None:
+        loader = cfg.data.loader
+        self.sampler = ResumableSampler(len(train_set), loader.batch_size, seed, dist.rank, dist.world_size)
+        pin = loader.pin_memory and self.device.type == "cuda"
+        self.train_loader = make_loader(
+            SeededSamples(train_set, seed),
+            loader.batch_size,
+            num_workers=loader.num_workers,
+            pin_memory=pin,
+            sampler=self.sampler,
+        )
+        self.val_loader = make_loader(
+            val_set, loader.eval_batch_size, num_workers=loader.num_workers, pin_memory=pin
+        )
+        self.trainer = Trainer(
+            cfg, variant, model, self.device, batches_per_epoch=self.sampler.batches_per_epoch, dist=dist
+        )
+        self.history: list[dict[str, Any]] = []
+        mlflow_run_id = None
+        if self.resume_from is not None:
+            ckpt = self.resume_from
+            self.trainer.load_state_dict(ckpt)
+            self.history = list(ckpt["history"])
+            mlflow_run_id = ckpt.get("mlflow_run_id")
+            restore_rng_state(ckpt["rng"][min(dist.rank, len(ckpt["rng"]) - 1)])
+            state = self.trainer.state
+            log.info(
+                "resumed %s from epoch %d batch %d (step %d)",
+                last,
+                state.epoch,
+                state.batch_in_epoch,
+                state.global_step,
+            )
+        else:
+            torch.manual_seed(seed * 1000 + dist.rank)
+        self.tracker = RunTracker.for_training(
+            cfg,
+            variant=variant,
+            seed=seed,
+            run_dir=self.files.root,
+            run_id=mlflow_run_id,
+            enabled=dist.is_main,
+        )
+        groups = self.trainer.param_groups
+        self.tracker.log_params({"lr_scaling": groups.scaling_note, **groups.summary()})
+        batches = self.sampler.batches_per_epoch
+        self.total_batches = batches * cfg.optim.epochs
+        self.progress = _Progress(
+            self.total_batches,
+            self.state.epoch * batches + self.state.batch_in_epoch,
+            cfg.train.log_every_steps,
+            dist.is_main,
+        )
+
+    @property
+    def state(self) -> LoopState:
+        return self.trainer.state
+
+    def save_last(self) -> None:
+        """``last.pt``: the trainer's state, every rank's RNG (so that every rank can resume), the history."""
         rng = [capture_rng_state()]
-        if dist.world_size > 1:  # every rank's RNG, so that every rank can resume
-            gathered: list[Any] = [None] * dist.world_size
+        if self.dist.world_size > 1:
+            gathered: list[Any] = [None] * self.dist.world_size
             torch.distributed.all_gather_object(gathered, rng[0])
             rng = gathered
-        if dist.is_main:
+        if self.dist.is_main:
             save_checkpoint(
-                path,
+                self.files.last,
                 {
-                    "variant": variant,
-                    "seed": seed,
-                    "config": cfg.dump(),
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "ema": ema.state_dict() if ema is not None else None,
-                    "loop": asdict(state),
-                    "history": history,
+                    "variant": self.variant,
+                    "seed": self.seed,
+                    "config": self.cfg.dump(),
+                    **self.trainer.state_dict(),
+                    "history": self.history,
                     "rng": rng,
-                    "mlflow_run_id": tracker.run_id,
+                    "mlflow_run_id": self.tracker.run_id,
                 },
             )
 
-    total_batches = sampler.batches_per_epoch * cfg.optim.epochs
-    progress = _Progress(
-        total_batches,
-        state.epoch * sampler.batches_per_epoch + state.batch_in_epoch,
-        cfg.train.log_every_steps,
-        dist.is_main,
-    )
-    images_seen, train_seconds = 0, 0.0
+    def save_best(self, val: dict[str, float]) -> None:
+        save_checkpoint(
+            self.files.best,
+            {
+                "variant": self.variant,
+                "seed": self.seed,
+                "config": self.cfg.dump(),
+                "epoch": self.state.epoch,
+                "model": self.trainer.eval_model.state_dict(),
+                "val": val,
+                "mlflow_run_id": self.tracker.run_id,
+            },
+        )
+
+    def run_epoch(self) -> float:
+        """The remaining batches of the current epoch; returns its seconds."""
+        cfg, state, trainer = self.cfg, self.state, self.trainer
+        self.sampler.set_position(state.epoch, state.batch_in_epoch)
+        trainer.model.train()
+        start = time.perf_counter()
+        for batch in self.train_loader:
+            updates = state.global_step
+            try:
+                terms = trainer.step(batch)
+            except TrainingError as exc:
+                raise TrainingError(f"{exc}; the last good checkpoint {self.files.last} is kept") from None
+            if state.global_step > updates:  # this batch completed an optimiser update
+                if state.global_step % cfg.train.log_every_steps == 0:
+                    metrics = {f"train/{k}": v for k, v in terms.items()} | {"train/lr": trainer.lr}
+                    self.tracker.log_metrics(metrics, step=state.global_step)
+                if state.global_step % cfg.train.checkpoint_every_steps == 0:
+                    self.save_last()
+            self.progress.update(
+                state.epoch * self.sampler.batches_per_epoch + state.batch_in_epoch,
+                self.total_batches,
+                {"loss": terms["loss"]},
+            )
+        return time.perf_counter() - start
+
+    def end_epoch(self, seconds: float) -> int:
+        """Validate, record the epoch, keep the best weights, checkpoint; returns the images trained on."""
+        state, trainer, dist = self.state, self.trainer, self.dist
+        stats = trainer.end_epoch()
+        images = stats.pop("images") * dist.world_size
+        val = validate(trainer.eval_model, self.val_loader, self.device, self.spec) if dist.is_main else {}
+        row = {
+            "epoch": state.epoch,
+            "step": state.global_step,
+            **stats,
+            "lr": trainer.lr,
+            "images_per_s": images / max(seconds, 1e-9),
+            **val,
+        }
+        self.history.append(row)
+        if dist.is_main:
+            self.tracker.log_metrics(
+                {f"epoch/{k}": float(v) for k, v in row.items() if k != "epoch"}, step=state.global_step
+            )
+            if val["val_worst_group_acc"] > state.best_metric:
+                state.best_metric, state.best_epoch = val["val_worst_group_acc"], state.epoch
+                self.save_best(val)
+            log.info(
+                "epoch %d/%d %s",
+                state.epoch,
+                self.cfg.optim.epochs,
+                " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)),
+            )
+        if dist.world_size > 1:  # best-metric decisions are rank 0's; share them so every rank saves alike
+            shared = [asdict(state)]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            trainer.state = LoopState(**shared[0])
+        self.save_last()
+        barrier(dist)
+        return images
+
+    def result(self, images: int, seconds: float) -> TrainResult:
+        final = self.history[-1] if self.history else {}
+        state = self.state
+        return TrainResult(
+            variant=self.variant,
+            seed=self.seed,
+            run_dir=str(self.files.root),
+            epochs=self.cfg.optim.epochs,
+            steps=state.global_step,
+            best_epoch=state.best_epoch,
+            best_val_worst_group_acc=float(state.best_metric),
+            last_val_avg_acc=float(final.get("val_avg_acc", float("nan"))),
+            last_val_worst_group_acc=float(final.get("val_worst_group_acc", float("nan"))),
+            train_images_per_s=images / max(seconds, 1e-9) if seconds else float("nan"),
+            mlflow_run_id=self.tracker.run_id,
+        )
+
+    def finish(self, result: TrainResult) -> None:
+        files = self.files
+        atomic_write_text(files.history, pd.DataFrame(self.history).to_csv(index=False))
+        atomic_write_json(files.metrics, asdict(result))
+        self.tracker.log_artifacts([files.config, files.metrics, files.history])
+        self.tracker.set_tags({"best_checkpoint": str(files.best.resolve())})
+        self.tracker.end("FINISHED")
+
+
+def train(
+    cfg: Config, variant: str, seed: int, run_dir: str | Path, dist: DistContext | None = None
+) -> TrainResult:
+    """Train ``variant`` with training seed ``seed`` into ``run_dir``, continuing its ``last.pt`` if any."""
+    run = _Run(cfg, variant, seed, Path(run_dir), dist or DistContext.single())
+    images, seconds = 0, 0.0
     try:
-        while state.epoch < cfg.optim.epochs:
-            sampler.set_position(state.epoch, state.batch_in_epoch)
-            model.train()
-            t_epoch = time.perf_counter()
-            for batch in train_loader:
-                images = batch["image"].to(device, non_blocking=True)
-                labels = batch["label"].to(device, non_blocking=True)
-                fg = batch["fg_mask"].to(device, non_blocking=True) if variant == "oracle_mask" else None
-                with autocast_context(cfg, device):
-                    out = model(images, fg_mask=fg)
-                    losses = criterion(model, images, labels, out)
-                if not torch.isfinite(losses.total):
-                    terms = {k: float(v) for k, v in losses.terms.items()}
-                    raise TrainingError(
-                        f"non-finite loss at epoch {state.epoch} batch {state.batch_in_epoch} "
-                        f"(terms {terms}); the last good checkpoint {last_path} is kept"
-                    )
-                scaler.scale(losses.total / accum).backward()
-                state.batch_in_epoch += 1
-                if state.batch_in_epoch % accum == 0:
-                    if dist.world_size > 1:
-                        all_reduce_grads(trainable)
-                    scaler.unscale_(optimizer)
-                    if cfg.optim.grad_clip > 0:
-                        nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                    scheduler.step()
-                    if ema is not None:
-                        ema.update(model, step=state.global_step)
-                    state.global_step += 1
-                    updated = True
-                else:
-                    updated = False
-                terms = {
-                    "loss": float(losses.total.detach()),
-                    **{k: float(v.detach()) for k, v in losses.terms.items()},
-                }
-                state.epoch_batches += 1
-                state.epoch_seen += labels.numel()
-                state.epoch_correct += int((out.logits.argmax(-1) == labels).sum())
-                for name, value in terms.items():
-                    state.epoch_sums[name] = state.epoch_sums.get(name, 0.0) + value
-                if updated and state.global_step % cfg.train.log_every_steps == 0:
-                    lr = optimizer.param_groups[0]["lr"]
-                    tracker.log_metrics(
-                        {f"train/{k}": v for k, v in terms.items()} | {"train/lr": lr}, step=state.global_step
-                    )
-                if updated and state.global_step % cfg.train.checkpoint_every_steps == 0:
-                    checkpoint(last_path)
-                progress.update(
-                    state.epoch * sampler.batches_per_epoch + state.batch_in_epoch,
-                    total_batches,
-                    {"loss": terms["loss"]},
-                )
-            epoch_seconds = time.perf_counter() - t_epoch
-            seen = state.epoch_seen
-            images_seen += seen * dist.world_size
-            train_seconds += epoch_seconds
-
-            eval_model = ema.module if ema is not None else model
-            val = validate(eval_model, val_loader, device, variant) if dist.is_main else {}
-            row = {
-                "epoch": state.epoch + 1,
-                "step": state.global_step,
-                **{f"train_{k}": v / max(1, state.epoch_batches) for k, v in state.epoch_sums.items()},
-                "train_acc": state.epoch_correct / max(1, seen),
-                "lr": optimizer.param_groups[0]["lr"],
-                "images_per_s": seen * dist.world_size / max(epoch_seconds, 1e-9),
-                **val,
-            }
-            history.append(row)
-            state.epoch += 1
-            state.batch_in_epoch = 0
-            state.epoch_sums, state.epoch_batches, state.epoch_correct, state.epoch_seen = {}, 0, 0, 0
-            if dist.is_main:
-                tracker.log_metrics(
-                    {f"epoch/{k}": float(v) for k, v in row.items() if k != "epoch"}, step=state.global_step
-                )
-                if val["val_worst_group_acc"] > state.best_metric:
-                    state.best_metric, state.best_epoch = val["val_worst_group_acc"], state.epoch
-                    save_checkpoint(
-                        ckpt_dir / "best.pt",
-                        {
-                            "variant": variant,
-                            "seed": seed,
-                            "config": cfg.dump(),
-                            "epoch": state.epoch,
-                            "model": eval_model.state_dict(),
-                            "val": val,
-                            "mlflow_run_id": tracker.run_id,
-                        },
-                    )
-                log.info(
-                    "epoch %d/%d %s",
-                    state.epoch,
-                    cfg.optim.epochs,
-                    " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)),
-                )
-            if (
-                dist.world_size > 1
-            ):  # best-metric decisions are rank 0's; share them so every rank saves alike
-                obj = [asdict(state)]
-                torch.distributed.broadcast_object_list(obj, src=0)
-                state = LoopState(**obj[0])
-            checkpoint(last_path)
-            barrier(dist)
+        while run.state.epoch < cfg.optim.epochs:
+            epoch_seconds = run.run_epoch()
+            seconds += epoch_seconds
+            images += run.end_epoch(epoch_seconds)
     except BaseException:
-        progress.close()
-        tracker.end("FAILED")
+        run.progress.close()
+        run.tracker.end("FAILED")
         raise
-    progress.close()
-
-    final = history[-1] if history else {}
-    result = TrainResult(
-        variant=variant,
-        seed=seed,
-        run_dir=str(run_dir),
-        epochs=cfg.optim.epochs,
-        steps=state.global_step,
-        best_epoch=state.best_epoch,
-        best_val_worst_group_acc=float(state.best_metric),
-        last_val_avg_acc=float(final.get("val_avg_acc", float("nan"))),
-        last_val_worst_group_acc=float(final.get("val_worst_group_acc", float("nan"))),
-        train_images_per_s=images_seen / max(train_seconds, 1e-9) if train_seconds else float("nan"),
-        mlflow_run_id=tracker.run_id,
-    )
-    if dist.is_main:
-        atomic_write_text(run_dir / "history.csv", pd.DataFrame(history).to_csv(index=False))
-        atomic_write_json(run_dir / "metrics.json", asdict(result))
-        tracker.log_artifacts([run_dir / "config.yaml", run_dir / "metrics.json", run_dir / "history.csv"])
-        tracker.set_tags({"best_checkpoint": str((ckpt_dir / "best.pt").resolve())})
-        tracker.end("FINISHED")
-    if os.environ.get("HARDMASK_DEBUG_TRAIN"):
-        log.info("result %s", result)
+    run.progress.close()
+    result = run.result(images, seconds)
+    if run.dist.is_main:
+        run.finish(result)
     return result

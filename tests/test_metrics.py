@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from hardmask.evaluation import metrics as M
+from hardmask import metrics as M
 
 # Waterbirds-like groups, id = label * 2 + place
 NAMES = ("landbird_on_land", "landbird_on_water", "waterbird_on_land", "waterbird_on_water")

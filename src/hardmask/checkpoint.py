@@ -1,4 +1,4 @@
-"""Training checkpoints: atomic writes, RNG capture, and ``weights_only`` loading.
+"""Checkpoint files of training runs: atomic writes, RNG capture, ``weights_only`` loading, config diffs.
 
 A checkpoint holds everything needed to continue a run to the bit on CPU: model, optimiser, scheduler, grad
 scaler and EMA states, the RNG states of torch / numpy / python, and the position in the data order
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hardmask.config import flatten
 from hardmask.io import atomic_torch_save
 
 
@@ -71,7 +72,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 # Config keys that cannot change what a run computes: where files go, how the work is scheduled and logged,
 # and what happens after training. A checkpoint may be resumed under a config that differs only here.
 RESUME_INDEPENDENT_KEYS = (
-    "base.preset",  # its merged values are compared, not its name
     "base.data_dir",
     "base.runs_dir",
     "base.reports_dir",
@@ -89,17 +89,6 @@ RESUME_INDEPENDENT_KEYS = (
 )
 
 
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = list(value) if isinstance(value, tuple) else value
-    return flat
-
-
 def training_config_diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     """``{dotted key: (saved, current)}`` for every key that would make a resumed run differ from a fresh one.
 
@@ -110,7 +99,7 @@ def training_config_diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -
     def relevant(key: str) -> bool:
         return not any(key == k or key.startswith(f"{k}.") for k in RESUME_INDEPENDENT_KEYS)
 
-    old, new = _flatten(saved), _flatten(current)
+    old, new = flatten(saved), flatten(current)
     missing = object()
     return {
         key: (old.get(key, missing), new.get(key, missing))

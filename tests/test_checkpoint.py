@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from hardmask.training.checkpoint import describe_config_diff, training_config_diff
+from hardmask.checkpoint import describe_config_diff, training_config_diff
 
-from ..conftest import make_tiny_config
+from .conftest import make_tiny_config
 
 
 def test_only_keys_that_change_the_computation_count(tmp_path):

@@ -1,0 +1,5 @@
+import sys
+
+from hardmask.config.cli import main
+
+sys.exit(main())
