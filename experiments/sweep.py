@@ -85,8 +85,9 @@ def ensure_data(cfg: Config) -> float:
         return 0.0
     start = time.perf_counter()
     manifest = generate_synthetic(cfg.data.synthetic, root, seed=cfg.base.seed, num_workers=2)
-    log.info("generated %s in %.1f s (fg fraction %s)", root, manifest.seconds, manifest.mean_fg_fraction)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    log.info("generated %s in %.1f s (fg fraction %s)", root, seconds, manifest.mean_fg_fraction)
+    return seconds
 
 
 def _value(

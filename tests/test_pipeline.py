@@ -1,4 +1,6 @@
-"""`dvc repro` of the real dvc.yaml on a shrunken params.yaml, in a fresh clone of the repository."""
+"""The real dvc.yaml and conf/ on a shrunken study, in a fresh clone, driven by DVC's own verbs: `dvc repro`,
+`dvc exp run -S` (Hydra composition), queued experiments, `dvc exp apply`, `dvc metrics show`, `dvc plots
+show`."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,21 @@ from hardmask.config import deep_merge
 from .conftest import REPO, TINY_OVERRIDES
 
 DVC = shutil.which("dvc", path=str(Path(sys.executable).parent)) or shutil.which("dvc")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(DVC is None, reason="dvc is not installed in this environment"),
+]
+# The test's study: the tiny config, two variants x two seeds, one epoch, through the local executor.
+TINY_STUDY = deep_merge(
+    TINY_OVERRIDES,
+    {
+        "optim": {"epochs": 1},
+        "train": {"variants": ["baseline_vit", "two_stage_hard"], "seeds": [0, 1]},
+        "cluster": {"executor": "local", "array_parallelism": 2},
+        "evaluate": {"threshold_quantiles": [0.05]},
+        "report": {"overlay_per_group": 1},
+    },
+)
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
@@ -29,48 +47,57 @@ def _ran(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(DVC is None, reason="dvc is not installed in this environment")
-def test_dvc_repro_runs_every_stage_then_nothing_then_only_what_changed(tmp_path):
+@pytest.fixture
+def project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A clone of the repository with the working tree's pipeline code and a tiny study composed by Hydra
+    (conf/tiny.yaml last in the defaults list), committed, so that experiments start from it."""
     if not (REPO / ".git").exists():
         pytest.skip("needs the project's git repository to clone")
     work = tmp_path / "repo"
     subprocess.run(["git", "clone", "-q", str(REPO), str(work)], check=True)
-    # The working tree's pipeline code, so that the test checks what is being changed, not the last commit.
-    for name in ("dvc.yaml", "params.yaml"):
+    # The working tree's pipeline, so that the test checks what is being changed, not the last commit.
+    for name in ("dvc.yaml", ".dvc/config"):
         shutil.copy(REPO / name, work / name)
-    for folder in ("stages", "src"):
-        shutil.rmtree(work / folder)
+    for folder in ("stages", "src", "conf", ".dvc/plots"):
+        shutil.rmtree(work / folder, ignore_errors=True)
         shutil.copytree(REPO / folder, work / folder, ignore=shutil.ignore_patterns("__pycache__"))
-
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    tiny = deep_merge(
-        TINY_OVERRIDES,
-        {
-            "optim": {"epochs": 1},
-            "train": {"variants": ["baseline_vit", "two_stage_hard"], "seeds": [0, 1]},
-            "cluster": {"executor": "local", "array_parallelism": 2},
-            "evaluate": {"threshold_quantiles": [0.05]},
-            "report": {"overlay_per_group": 1},
-        },
+    (work / "conf" / "tiny.yaml").write_text("# @package _global_\n" + yaml.safe_dump(TINY_STUDY))
+    defaults = (
+        (work / "conf" / "config.yaml")
+        .read_text()
+        .replace("  - cluster: local\n", "  - cluster: local\n  - tiny\n")
     )
-    (work / "params.yaml").write_text(yaml.safe_dump(deep_merge(params, tiny), sort_keys=False))
+    (work / "conf" / "config.yaml").write_text(defaults)
 
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env["PYTHONPATH"] = str(work / "src")
+    _run([sys.executable, "-m", "hardmask.config"], work, env)  # params.yaml of the tiny study
+    subprocess.run(["git", "add", "-A"], cwd=work, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], cwd=work, check=True
+    )
+    return work, env
 
+
+def test_dvc_repro_runs_every_stage_then_nothing_then_only_what_changed(project):
+    work, env = project
     first = _run([DVC, "repro"], work, env)
     assert _ran(first) == {"prepare", "train", "evaluate", "report"}
-    for out in ("reports/report.md", "reports/report.html", "reports/metrics.json", "reports/eval/eval.csv"):
+    for out in (
+        "reports/report.md",
+        "reports/report.html",
+        "reports/eval/eval.csv",
+        "reports/eval/summary.json",
+    ):
         assert (work / out).is_file(), out
-    metrics = json.loads((work / "reports" / "metrics.json").read_text())
-    assert {"baseline_vit", "two_stage_hard"} <= set(metrics)
-    assert metrics["two_stage_hard"]["test"]["worst_group_acc"]["n"] == 2
+    headline = {p.stem: json.loads(p.read_text()) for p in (work / "reports" / "metrics").glob("*.json")}
+    assert set(headline) == {"baseline_vit", "two_stage_hard"}
+    assert (
+        headline["two_stage_hard"]["seeds"] == 2
+        and 0 <= headline["two_stage_hard"]["test"]["worst_group_acc"] <= 1
+    )
     assert (work / "mlflow.db").is_file()
-    runs = json.loads((work / "reports" / "train_metrics.json").read_text())
-    assert set(runs) == {f"{v}/seed{k}" for v in ("baseline_vit", "two_stage_hard") for k in (0, 1)}
-    assert all(isinstance(value, int | float) for run in runs.values() for value in run.values()), runs
 
     second = _run([DVC, "repro"], work, env)
     assert _ran(second) == set(), second
@@ -81,15 +108,75 @@ def test_dvc_repro_runs_every_stage_then_nothing_then_only_what_changed(tmp_path
     third = _run([DVC, "repro"], work, env)
     assert _ran(third) == {"evaluate", "report"}, third
 
-    shown = _run([DVC, "metrics", "show"], work, env)
-    assert "worst_group_acc" in shown
+    # `dvc metrics show`: one readable row per model
+    shown = _run([DVC, "metrics", "show"], work, env).splitlines()
+    assert [line.split()[0] for line in shown[1:]] == [
+        "reports/metrics/baseline_vit.json",
+        "reports/metrics/two_stage_hard.json",
+    ]
+    assert "test.worst_group_acc" in shown[0] and max(map(len, shown)) < 250
 
-    # An experiment changes parameters without editing files; lists use DVC's (Hydra) override syntax.
+    # An experiment composes params.yaml with Hydra (lists in its override syntax), reruns only what changed.
     splits = "evaluate.splits=[val,test,mixed_rand,mixed_same]"
     exp = _run([DVC, "exp", "run", "-S", splits, "-S", "report.overlay_per_group=2"], work, env)
     assert _ran(exp) == {"evaluate", "report"}, exp
     params = yaml.safe_load((work / "params.yaml").read_text())
     assert params["evaluate"]["splits"] == ["val", "test", "mixed_rand", "mixed_same"]
-    assert params["report"]["overlay_per_group"] == 2
-    table = _run([DVC, "exp", "show", "--no-pager", "--csv"], work, env)
-    assert "evaluate.splits" in table.splitlines()[0] and "two_stage_hard.test.worst_group_acc.mean" in table
+    assert params["report"]["overlay_per_group"] == 2 and params["optim"]["epochs"] == 1  # the composed study
+
+    # `dvc plots show --json`: one datum per plotted point
+    plots = json.loads(_run([DVC, "plots", "show", "--json"], work, env))["data"]
+    data = {
+        name: entries[0]["content"]["data"]["values"]
+        for name, entries in plots.items()
+        if "content" in entries[0]
+    }
+    accuracy = data["test_worst_group_acc"]
+    assert sorted((d["model"], int(d["seed"])) for d in accuracy) == [
+        (m, s) for m in ("baseline_vit", "two_stage_hard") for s in (0, 1)
+    ]
+    curves = data["val_worst_group_acc_per_epoch"]
+    assert len(curves) == 4 and len({d["run"] for d in curves}) == 4  # 4 runs x 1 epoch
+    images = {name for name, entries in plots.items() if entries[0]["type"] == "image"}
+    assert "reports/figures/accuracy_by_model.png" in images  # the report's figures, rendered offline
+
+
+def test_queued_experiments_keep_their_runs_and_mlflow_records(project):
+    """Queued experiments run in temporary copies: their MLflow runs still land in the project's store, and
+    `dvc exp apply` brings back their trained runs and report, with nothing left to rerun."""
+    from mlflow.tracking import MlflowClient
+
+    work, env = project
+    _run([DVC, "repro"], work, env)  # the baseline
+    for name, lr in (("lr-a", "0.003"), ("lr-b", "0.004")):
+        _run([DVC, "exp", "run", "--queue", "-n", name, "-S", f"optim.lr={lr}"], work, env)
+    _run([DVC, "queue", "start", "-j", "1"], work, env)
+    deadline = time.monotonic() + 900
+    while True:
+        status = _run([DVC, "queue", "status"], work, env)
+        if not any(word in status for word in ("Queued", "Running")):
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(5)
+    assert status.count("Success") == 2, status
+
+    assert {"lr-a", "lr-b"} <= set(_run([DVC, "exp", "list", "--name-only"], work, env).split())
+    changed = _run([DVC, "exp", "show", "--no-pager", "--only-changed", "--csv"], work, env).splitlines()
+    assert "optim.lr" in changed[0] and len(changed[0].split(",")) < 60, changed[0]  # readable
+
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("hardmask")
+    for name in ("lr-a", "lr-b"):
+        runs = client.search_runs([experiment.experiment_id], f"tags.dvc_exp_name = '{name}'")
+        kinds = sorted(r.data.tags["kind"] for r in runs)
+        assert kinds == ["eval"] * 4 + ["train"] * 4, (name, kinds)
+        assert all(r.info.status == "FINISHED" for r in runs)
+
+    _run([DVC, "exp", "apply", "lr-a"], work, env)
+    assert yaml.safe_load((work / "params.yaml").read_text())["optim"]["lr"] == 0.003
+    status = _run([DVC, "status"], work, env)
+    assert "up to date" in status, status
+    best = work / "runs" / "train" / "two_stage_hard" / "seed0" / "checkpoints" / "best.pt"
+    import torch
+
+    assert torch.load(best, weights_only=True)["config"]["optim"]["lr"] == 0.003

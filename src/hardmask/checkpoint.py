@@ -8,6 +8,8 @@ moment leaves either the previous checkpoint or the new one, never a torn file.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from collections.abc import Mapping
 from pathlib import Path
@@ -89,6 +91,10 @@ RESUME_INDEPENDENT_KEYS = (
 )
 
 
+def _training_relevant(key: str) -> bool:
+    return not any(key == k or key.startswith(f"{k}.") for k in RESUME_INDEPENDENT_KEYS)
+
+
 def training_config_diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     """``{dotted key: (saved, current)}`` for every key that would make a resumed run differ from a fresh one.
 
@@ -96,16 +102,22 @@ def training_config_diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -
     ignored.
     """
 
-    def relevant(key: str) -> bool:
-        return not any(key == k or key.startswith(f"{k}.") for k in RESUME_INDEPENDENT_KEYS)
-
     old, new = flatten(saved), flatten(current)
     missing = object()
     return {
         key: (old.get(key, missing), new.get(key, missing))
         for key in sorted(set(old) | set(new))
-        if relevant(key) and old.get(key, missing) != new.get(key, missing)
+        if _training_relevant(key) and old.get(key, missing) != new.get(key, missing)
     }
+
+
+def training_key(config: Mapping[str, Any], variant: str, seed: int) -> str:
+    """A short fingerprint of what a run computes: its variant, seed and the training-relevant config (the
+    keys :func:`training_config_diff` compares). Two runs with the same key train the same weights; the MLflow
+    run of a training run is found by it (``hardmask.tracking``), so no run id is written into the run."""
+    relevant = {key: value for key, value in flatten(config).items() if _training_relevant(key)}
+    text = json.dumps({"variant": variant, "seed": seed, "config": relevant}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def describe_config_diff(diff: Mapping[str, tuple[Any, Any]], limit: int = 5) -> str:

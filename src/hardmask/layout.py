@@ -3,13 +3,13 @@
 Per (variant, seed)::
 
     <base.runs_dir>/<variant>/seed<seed>/          a training run (the train stage's DVC output)
-        config.yaml  history.csv  metrics.json  mlflow_train_run_id
+        config.yaml  history.csv  metrics.json
         checkpoints/last.pt  checkpoints/best.pt
     <base.reports_dir>/eval/<variant>/seed<seed>/  its evaluation (the evaluate stage's DVC output)
-        metrics.csv  groups.csv  predictions.csv  overlays.npz  selection.json  mlflow_eval_run_id
+        metrics.csv  groups.csv  predictions.csv  overlays.npz  selection.json
 
-and per study ``<base.reports_dir>/{eval/eval.csv, metrics.json, train_metrics.json, samples.png, report.md,
-...}``.
+and per study ``<base.reports_dir>/{eval/eval.csv, eval/summary.json, metrics/<model>.json, samples.png,
+report.md, ...}``.
 
 Paths shared by every experiment of a project (the MLflow store, job logs) resolve against the project root:
 ``DVC_ROOT``, which DVC sets for every stage (for a queued or ``--temp`` experiment it names the workspace the
@@ -91,12 +91,6 @@ def superseded_dir(cfg: Config, variant: str, seed: int, stamp: str) -> Path:
     return Path(f"{cfg.base.runs_dir}.superseded") / variant / f"seed{seed}-{stamp}"
 
 
-def mlflow_id_file(directory: str | Path, kind: str) -> Path:
-    """The file in a run (or evaluation) directory that names its MLflow run, so a requeued job continues
-    it."""
-    return Path(directory) / f"mlflow_{kind}_run_id"
-
-
 # ------------------------------------------------------------------------------------------------ evaluation
 @dataclass(frozen=True)
 class EvalFiles:
@@ -142,17 +136,19 @@ def eval_table(cfg: Config) -> Path:
     return eval_root(cfg) / "eval.csv"
 
 
+def eval_summary(cfg: Config) -> Path:
+    """Every metric of every split and intervention, mean/std/n over seeds (hardmask.evaluation.tidy)."""
+    return eval_root(cfg) / "summary.json"
+
+
 # ------------------------------------------------------------------------------------------------ study
 def reports_dir(cfg: Config) -> Path:
     return Path(cfg.base.reports_dir)
 
 
-def metrics_json(cfg: Config) -> Path:
-    return reports_dir(cfg) / "metrics.json"
-
-
-def train_metrics_json(cfg: Config) -> Path:
-    return reports_dir(cfg) / "train_metrics.json"
+def metrics_dir(cfg: Config) -> Path:
+    """The DVC metrics: one headline file per model, ``<model>.json``."""
+    return reports_dir(cfg) / "metrics"
 
 
 def samples_figure(cfg: Config) -> Path:

@@ -140,7 +140,8 @@ def ddp_train(cfg: Config, variant: str, seed: int, run_dir: Path, dist: DistCon
     loss.backward()
     all_reduce_grads([weights])
     mean_loss = all_reduce_mean(float(loss.detach()))
-    tracker = RunTracker.for_training(cfg, variant=variant, seed=seed, run_dir=run_dir, enabled=dist.is_main)
+    key = f"{variant}-{seed}"
+    tracker = RunTracker.for_training(cfg, variant=variant, seed=seed, run_key=key, enabled=dist.is_main)
     tracker.log_metrics({"train/loss": mean_loss}, step=1)
     tracker.end()
     return DDPResult(dist.rank, dist.world_size, mean_loss, weights.grad.tolist(), tracker.run_id)

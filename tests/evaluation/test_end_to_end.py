@@ -49,10 +49,38 @@ def test_evaluate_and_report_stages_on_trained_runs(tmp_path):
     assert {"val", "test", "only_fg", "mixed_rand", "mixed_same", "only_bg", "mixed_same-mixed_rand"} <= set(
         table["split"]
     )
-    summary = json.loads((reports / "metrics.json").read_text())
+    summary = json.loads((reports / "eval" / "summary.json").read_text())
     hard = summary["two_stage_hard"]
     assert {"test", "test/selected", "test/remove_parts_1", "test/drop_part_0", "test@last"} <= set(hard)
     assert summary["oracle_mask"]["test"]["fg_iou"]["mean"] == pytest.approx(1.0)  # same patch rule
     assert 0.0 <= hard["test"]["worst_group_acc"]["mean"] <= hard["test"]["avg_acc"]["mean"] <= 1.0
+    # the DVC metrics: the headline, one file per model, the same numbers as the summary
+    headline = {p.stem: json.loads(p.read_text()) for p in (reports / "metrics").glob("*.json")}
+    assert set(headline) == set(cfg.train.variants)
+    assert headline["two_stage_hard"]["test"]["worst_group_acc"] == hard["test"]["worst_group_acc"]["mean"]
+    assert (
+        headline["two_stage_hard"]["bg_gap"]
+        == summary["two_stage_hard"]["mixed_same-mixed_rand"]["bg_gap"]["mean"]
+    )
+    assert headline["oracle_mask"]["seeds"] == 1 and headline["oracle_mask"]["test"]["avg_acc_sd"] is None
+    assert set(headline["baseline_vit"]) == {
+        "test",
+        "bg_gap",
+        "bg_gap_sd",
+        "val",
+        "seeds",
+    }  # no masks: no IoU
+    assert set(headline["baseline_vit"]["test"]) == {
+        "avg_acc",
+        "avg_acc_sd",
+        "worst_group_acc",
+        "worst_group_acc_sd",
+    }
     for name in ("report.md", "report.html", "figures/overlays_two_stage_hard.png", "plots/accuracy.csv"):
         assert (reports / name).is_file(), name
+    # dvc plots data: one row per plotted point (a seed of a model; an epoch of a run)
+    accuracy = pd.read_csv(reports / "plots" / "accuracy.csv")
+    assert list(accuracy.columns) == ["model", "seed", "avg_acc", "worst_group_acc"]
+    assert len(accuracy) == len(cfg.train.variants) and not accuracy.duplicated(["model", "seed"]).any()
+    curves = pd.read_csv(reports / "plots" / "training_curves.csv")
+    assert len(curves) == len(cfg.train.variants) * cfg.optim.epochs and curves["run"].nunique() == 3

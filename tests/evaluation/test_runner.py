@@ -17,6 +17,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from hardmask import layout
+from hardmask.checkpoint import training_key
 from hardmask.data.common import DataError
 from hardmask.data.groups import GroupSpec
 from hardmask.evaluation import checkpoints, runner
@@ -24,6 +25,7 @@ from hardmask.evaluation.checkpoints import EvaluationError
 from hardmask.evaluation.overlays import OverlaySamples
 from hardmask.evaluation.tidy import BG_GAP_SPLIT, EVAL_COLUMNS, summarize
 from hardmask.models.outputs import ModelOutput
+from hardmask.tracking import RunTracker
 
 from ..conftest import make_tiny_config
 
@@ -132,7 +134,6 @@ def _write_run(cfg, variant: str = "two_stage_hard", seed: int = 0) -> Path:
         "variant": variant,
         "seed": seed,
         "config": cfg.dump(),
-        "mlflow_run_id": f"train-{variant}-{seed}",
     }
     (run_dir / "checkpoints").mkdir(parents=True)
     torch.save({**common, "model": model.state_dict()}, run_dir / "checkpoints" / "best.pt")
@@ -206,7 +207,7 @@ def test_evaluate_run_metrics_interventions_and_files(tmp_path, fakes):
     assert calls and not any(c["training"] or c["grad"] for c in calls)  # eval mode, no autograd
     assert all(c["fg_mask"] is None for c in calls)  # only the oracle reads the ground truth
     ((run, logged_frame),) = fakes["logged"]
-    assert run.train_run_id == "train-two_stage_hard-0" and logged_frame is df
+    assert run.run_key == training_key(cfg.dump(), "two_stage_hard", 0) and logged_frame is df
 
 
 def test_evaluation_is_deterministic(tmp_path, fakes):
@@ -265,13 +266,17 @@ def test_evaluation_is_logged_to_mlflow_linked_to_its_training_run(tmp_path, fak
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = make_tiny_config(tmp_path)
     run_dir = _write_run(cfg)
+    with RunTracker.for_training(
+        cfg, variant="two_stage_hard", seed=0, run_key=training_key(cfg.dump(), "two_stage_hard", 0)
+    ) as trained:
+        pass
     runner.evaluate_run(cfg, run_dir)
 
     client = MlflowClient(tracking_uri=cfg.tracking.uri)
     (run,) = client.search_runs(
         [client.get_experiment_by_name(cfg.tracking.experiment).experiment_id], "tags.kind = 'eval'"
     )
-    assert run.data.tags["train_run_id"] == "train-two_stage_hard-0"
+    assert run.data.tags["train_run_id"] == trained.run_id
     assert run.data.tags["checkpoint"] == "best"
     assert run.data.metrics["test/worst_group_acc"] == pytest.approx(0.5)
     assert run.data.metrics["test/drop_part_1/worst_group_acc"] == pytest.approx(1.0)

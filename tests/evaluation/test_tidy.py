@@ -1,4 +1,4 @@
-"""summarize(): the shape of reports/metrics.json and its seed statistics."""
+"""summarize() and headline(): the shape of eval/summary.json and of the DVC metrics, and their statistics."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hardmask.evaluation.tidy import BG_GAP_SPLIT, EVAL_COLUMNS, summarize
+from hardmask.config import flatten
+from hardmask.evaluation.tidy import BG_GAP_SPLIT, EVAL_COLUMNS, headline, summarize
 
 from ..report.fake_eval import MODELS, SEEDS, fake_eval_df, fake_value
 
@@ -56,3 +57,21 @@ def test_last_is_primary_when_best_was_not_evaluated():
 def test_missing_columns_are_named():
     with pytest.raises(ValueError, match=r"lacks columns \['checkpoint'\]"):
         summarize(pd.DataFrame(columns=[c for c in EVAL_COLUMNS if c != "checkpoint"]))
+
+
+def test_headline_is_the_primary_checkpoint_without_intervention_with_test_spreads():
+    df = fake_eval_df()
+    summary, lines = summarize(df), headline(df)
+    assert set(lines) == set(MODELS)
+    hard = lines["two_stage_hard"]
+    assert hard["seeds"] == 3
+    assert hard["test"]["worst_group_acc"] == summary["two_stage_hard"]["test"]["worst_group_acc"]["mean"]
+    assert hard["test"]["worst_group_acc_sd"] == summary["two_stage_hard"]["test"]["worst_group_acc"]["std"]
+    assert hard["val"] == {
+        "avg_acc": summary["two_stage_hard"]["val"]["avg_acc"]["mean"],
+        "worst_group_acc": summary["two_stage_hard"]["val"]["worst_group_acc"]["mean"],
+    }  # validation: means only
+    assert hard["bg_gap"] == summary["two_stage_hard"][BG_GAP_SPLIT]["bg_gap"]["mean"]
+    # a handful of columns per model: what `dvc metrics show` prints one row of
+    assert len(flatten(hard)) <= 12
+    json.dumps(lines, allow_nan=False)

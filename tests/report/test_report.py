@@ -58,9 +58,19 @@ def test_report_writes_markdown_html_figures_tables_and_plots(tiny_cfg, logged):
         "interventions",
         "selected_interventions",
     } == set(paths.tables)
-    assert {"accuracy", "bg_gap", "group_accuracy", "interventions", "training_curves"} == set(paths.plots)
+    assert {"accuracy", "bg_gap", "training_curves"} == set(paths.plots)  # what dvc.yaml plots
     for path in [*paths.tables.values(), *paths.plots.values()]:
         assert not pd.read_csv(path).empty
+    # one row per plotted point: a (model, seed) for the bars and dots, a (run, epoch) for the curves
+    accuracy = pd.read_csv(paths.plots["accuracy"])
+    assert list(accuracy.columns) == ["model", "seed", "avg_acc", "worst_group_acc"]
+    assert len(accuracy) == len(MODELS) * len(SEEDS) and not accuracy.duplicated(["model", "seed"]).any()
+    assert list(accuracy["model"].unique()) == list(MODELS)  # the evaluation's (train.variants) order
+    bg_gap = pd.read_csv(paths.plots["bg_gap"])
+    assert list(bg_gap.columns) == ["model", "seed", "bg_gap"] and len(bg_gap) == len(MODELS) * len(SEEDS)
+    curves = pd.read_csv(paths.plots["training_curves"])
+    assert not curves.duplicated(["run", "epoch"]).any()
+    assert curves.groupby("run")["model"].nunique().eq(1).all()
     assert logged == [paths]
 
 

@@ -13,9 +13,15 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from hardmask.config import Config
-from hardmask.layout import mlflow_id_file as run_id_file
-from hardmask.tracking import RunTracker, flatten_config, init_tracking, resolve_tracking_uri
-from hardmask.tracking.mlflow import PARENT_RUN_TAG
+from hardmask.tracking import (
+    RunTracker,
+    find_training_run,
+    flatten_config,
+    init_tracking,
+    log_parent_metrics,
+    resolve_tracking_uri,
+)
+from hardmask.tracking.mlflow import EXPERIMENT_KIND_TAG, PARENT_RUN_TAG
 
 from ..conftest import REPO, make_tiny_config
 
@@ -84,6 +90,29 @@ def test_init_tracking_creates_experiment_and_one_parent_per_variant_once(cfg: C
     assert {r.info.status for r in parents} == {"FINISHED"}
     experiment = MlflowClient(uri).get_experiment_by_name("unit")
     assert experiment.artifact_location == str(tmp_path / "mlartifacts")  # beside the database
+    # the MLflow 3 UI opens a model-development experiment on its runs, not on the GenAI overview
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+
+def test_a_store_made_before_the_experiment_kind_gets_it(cfg: Config):
+    uri = resolve_tracking_uri(cfg)
+    client = MlflowClient(uri)
+    client.create_experiment("unit")
+    init_tracking(cfg)
+    assert client.get_experiment_by_name("unit").tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+
+def test_a_queued_experiment_writes_to_the_projects_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_uri: str
+):
+    """DVC runs a queued experiment in a temporary copy and names the project in DVC_ROOT."""
+    cfg = make_tiny_config(tmp_path, tracking={"uri": "sqlite:///mlflow.db"})
+    copy = tmp_path / "project" / ".dvc" / "tmp" / "exps" / "tmp123"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "project"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri(cfg) == f"sqlite:///{tmp_path / 'project' / 'mlflow.db'}"
 
 
 def test_parent_runs_are_separate_per_dvc_experiment(cfg: Config, monkeypatch: pytest.MonkeyPatch):
@@ -112,7 +141,7 @@ def test_training_run_is_nested_tagged_and_logs_params_metrics_artifacts(
     (run_dir / "metrics.json").parent.mkdir(parents=True)
     (run_dir / "metrics.json").write_text("{}")
 
-    tracker = RunTracker.for_training(cfg, variant="two_stage_hard", seed=1, run_dir=run_dir)
+    tracker = RunTracker.for_training(cfg, variant="two_stage_hard", seed=1, run_key="k1")
     tracker.log_metrics({"train/loss": 0.75, "train/lr": 1e-3}, step=10)
     tracker.log_metrics({"train/loss": 0.5}, step=20)
     tracker.log_artifacts([run_dir / "metrics.json"])
@@ -131,28 +160,29 @@ def test_training_run_is_nested_tagged_and_logs_params_metrics_artifacts(
         "4242",
         "4240",
     )
-    assert tags["slurm_array_task_id"] == "2"
+    assert tags["slurm_array_task_id"] == "2" and tags["run_key"] == "k1"
     assert tags["dataset_fingerprint"] == "abc123"
     head = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
     ).stdout.strip()
     assert tags["git_commit"] == tags["mlflow.source.git.commit"] == (head or "unknown")
-    assert run.data.params == flatten_config(cfg.dump())
+    # the whole config, and the run's own variant and training seed (base.seed is the data's seed)
+    assert run.data.params == flatten_config({"variant": "two_stage_hard", "seed": 1, **cfg.dump()})
+    assert run.data.params["seed"] == "1" and run.data.params["base.seed"] == str(cfg.base.seed)
     history = client.get_metric_history(tracker.run_id, "train/loss")
     assert [(m.step, m.value) for m in history] == [(10, 0.75), (20, 0.5)]
     assert [a.path for a in client.list_artifacts(tracker.run_id)] == ["metrics.json"]
-    assert run_id_file(run_dir, "train").read_text().strip() == tracker.run_id
+    assert list(run_dir.iterdir()) == [run_dir / "metrics.json"]  # nothing of MLflow's in the run directory
 
 
 def test_requeued_job_continues_the_same_run(cfg: Config, tmp_path: Path, caplog: pytest.LogCaptureFixture):
     uri = init_tracking(cfg)
-    run_dir = tmp_path / "run"
-    first = RunTracker.for_training(cfg, variant="baseline_vit", seed=0, run_dir=run_dir)
+    first = RunTracker.for_training(cfg, variant="baseline_vit", seed=0, run_key="k")
     first.log_metrics({"train/loss": 2.0}, step=1)  # then the job is killed: the run is never ended
 
     changed = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"lr": 0.5})})
     with caplog.at_level(logging.WARNING, logger="hardmask.tracking"):
-        second = RunTracker.for_training(changed, variant="baseline_vit", seed=0, run_dir=run_dir)
+        second = RunTracker.for_training(changed, variant="baseline_vit", seed=0, run_key="k", resume=True)
     second.log_metrics({"train/loss": 1.0}, step=2)
     second.end()
 
@@ -166,21 +196,19 @@ def test_requeued_job_continues_the_same_run(cfg: Config, tmp_path: Path, caplog
     assert "optim.lr" in caplog.text
 
 
-def test_stored_run_id_missing_from_the_store_starts_a_new_run(cfg: Config, tmp_path: Path):
-    init_tracking(cfg)
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    run_id_file(run_dir, "train").write_text("0123456789abcdef\n")
-    tracker = RunTracker.for_training(cfg, variant="baseline_vit", seed=0, run_dir=run_dir)
-    assert tracker.run_id != "0123456789abcdef"
-    assert run_id_file(run_dir, "train").read_text().strip() == tracker.run_id
+def test_a_fresh_start_or_an_unknown_key_starts_a_new_run(cfg: Config):
+    uri = init_tracking(cfg)
+    first = RunTracker.for_training(cfg, variant="baseline_vit", seed=0, run_key="k")
+    first.end()
+    again = RunTracker.for_training(cfg, variant="baseline_vit", seed=0, run_key="k")  # trained afresh
+    other = RunTracker.for_training(cfg, variant="baseline_vit", seed=0, run_key="other", resume=True)
+    assert len({first.run_id, again.run_id, other.run_id}) == 3 and len(_runs(uri, kind="train")) == 3
+    assert find_training_run(cfg, "k") == again.run_id  # the latest run of a key
 
 
 def test_disabled_tracker_on_other_ranks_writes_nothing(cfg: Config, tmp_path: Path):
     uri = init_tracking(cfg)
-    tracker = RunTracker.for_training(
-        cfg, variant="baseline_vit", seed=0, run_dir=tmp_path / "run", enabled=False
-    )
+    tracker = RunTracker.for_training(cfg, variant="baseline_vit", seed=0, run_key="k", enabled=False)
     tracker.log_params({"a": 1})
     tracker.log_metrics({"train/loss": 1.0}, step=1)
     tracker.set_tags({"x": "y"})
@@ -191,20 +219,24 @@ def test_disabled_tracker_on_other_ranks_writes_nothing(cfg: Config, tmp_path: P
     assert not (tmp_path / "run").exists()
 
 
-def test_tracker_as_context_manager_marks_a_crash_failed(cfg: Config, tmp_path: Path):
+def test_tracker_as_context_manager_marks_a_crash_failed_and_an_interrupt_killed(cfg: Config):
     uri = init_tracking(cfg)
-    tracker = RunTracker.for_training(cfg, variant="baseline_vit", seed=0, run_dir=tmp_path / "r")
-    with pytest.raises(RuntimeError, match="crash"), tracker:
+    crashed = RunTracker.for_training(cfg, variant="baseline_vit", seed=0, run_key="a")
+    with pytest.raises(RuntimeError, match="crash"), crashed:
         raise RuntimeError("crash")
-    assert MlflowClient(uri).get_run(tracker.run_id).info.status == "FAILED"
+    stopped = RunTracker.for_training(cfg, variant="baseline_vit", seed=0, run_key="b")
+    with pytest.raises(KeyboardInterrupt), stopped:
+        raise KeyboardInterrupt
+    client = MlflowClient(uri)
+    assert client.get_run(crashed.run_id).info.status == "FAILED"
+    assert client.get_run(stopped.run_id).info.status == "KILLED"
 
 
 def test_eval_run_links_to_its_training_run_under_the_same_parent(cfg: Config, tmp_path: Path):
     uri = init_tracking(cfg)
-    run_dir = tmp_path / "run"
-    train = RunTracker.for_training(cfg, variant="baseline_vit", seed=0, run_dir=run_dir)
+    train = RunTracker.for_training(cfg, variant="baseline_vit", seed=0, run_key="k")
     train.end()
-    evaluation = RunTracker.for_evaluation(cfg, variant="baseline_vit", seed=0, run_dir=run_dir)
+    evaluation = RunTracker.for_evaluation(cfg, variant="baseline_vit", seed=0, run_key="k")
     evaluation.end()
     client = MlflowClient(uri)
     eval_tags, train_tags = (
@@ -216,9 +248,22 @@ def test_eval_run_links_to_its_training_run_under_the_same_parent(cfg: Config, t
     assert client.get_run(evaluation.run_id).info.run_name == "baseline_vit/seed0/eval"
 
 
+def test_parents_carry_the_headline_and_the_report_is_a_top_level_run(cfg: Config):
+    uri = init_tracking(cfg)
+    log_parent_metrics(cfg, {"baseline_vit": {"test.worst_group_acc": 0.5, "test.worst_group_acc_sd": 0.1}})
+    (parent,) = [r for r in _runs(uri, kind="parent") if r.data.tags["variant"] == "baseline_vit"]
+    assert parent.data.metrics == {"test.worst_group_acc": 0.5, "test.worst_group_acc_sd": 0.1}
+    with RunTracker.for_report(cfg):
+        pass
+    (report,) = _runs(uri, kind="report")
+    assert report.info.run_name == "report" and PARENT_RUN_TAG not in report.data.tags
+    assert report.info.status == "FINISHED"
+    assert not [r for r in _runs(uri, kind="parent") if r.data.tags["variant"] == "report"]
+
+
 def test_bad_inputs_name_what_is_wrong(cfg: Config, tmp_path: Path):
     init_tracking(cfg)
-    tracker = RunTracker.for_training(cfg, variant="baseline_vit", seed=0, run_dir=tmp_path / "run")
+    tracker = RunTracker.for_training(cfg, variant="baseline_vit", seed=0, run_key="k")
     with pytest.raises(TypeError, match=r"metric 'train/acc': expected a number, got str 'high'"):
         tracker.log_metrics({"train/acc": "high"}, step=1)
     with pytest.raises(FileNotFoundError, match="missing.csv"):
@@ -238,7 +283,7 @@ def test_system_metrics_monitor_runs_with_the_tracker_and_stops_at_the_end(tmp_p
     def monitors() -> list[threading.Thread]:
         return [t for t in threading.enumerate() if t.name == "SystemMetricsMonitor"]
 
-    tracker = RunTracker.for_training(cfg, variant="baseline_vit", seed=0, run_dir=tmp_path / "run")
+    tracker = RunTracker.for_training(cfg, variant="baseline_vit", seed=0, run_key="k")
     assert len(monitors()) == 1  # sampling in the background
     tracker.end()
     assert monitors() == []

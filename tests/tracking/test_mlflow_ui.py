@@ -101,7 +101,7 @@ def test_ui_lists_the_logged_runs_and_shows_their_metrics(mlflow_uri: str, mlflo
     logged = {"baseline_vit": 0.875, "two_stage_hard": 0.625}
     run_ids = {}
     for variant, accuracy in logged.items():
-        with RunTracker.for_training(cfg, variant=variant, seed=0, run_dir=tmp_path / variant) as tracker:
+        with RunTracker.for_training(cfg, variant=variant, seed=0, run_key=variant) as tracker:
             tracker.log_metrics({"val_worst_group_acc": accuracy}, step=3)
         run_ids[variant] = tracker.run_id
 

@@ -224,6 +224,10 @@ class TrackingSection(Section):
     uri: str = Field(description="MLflow tracking URI; MLFLOW_TRACKING_URI wins if set.")
     experiment: str
     log_system_metrics: bool
+    log_checkpoints: bool = Field(
+        description="Log each run's best.pt as an MLflow artifact, so that MLflow alone can reload the model "
+        "(the file is copied: turn it off for very large models)."
+    )
 
 
 # --------------------------------------------------------------------------------------------------- evaluate

@@ -48,10 +48,12 @@ def prepare(cfg: Config, num_workers: int = 2) -> dict:
             log.info("%s: generated benchmark is up to date, skipping", root)
             synthetic = load_manifest(root)
         else:
+            generated = time.perf_counter()
             synthetic = generate_synthetic(
                 cfg.data.synthetic, root, seed=cfg.base.seed, num_workers=num_workers
             )
-            log.info("%s: generated %s images in %.1f s", root, synthetic.counts, synthetic.seconds)
+            seconds = time.perf_counter() - generated
+            log.info("%s: generated %s images in %.1f s", root, synthetic.counts, seconds)
         manifest = {"dataset": "synthetic", "root": str(root), **synthetic.to_json()}
     else:
         ensure_dataset(cfg)

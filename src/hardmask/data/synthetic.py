@@ -29,7 +29,6 @@ import colorsys
 import hashlib
 import json
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -327,7 +326,8 @@ def plan_splits(cfg: SyntheticSection, seed: int) -> list[SplitPlan]:
 # --------------------------------------------------------------------------------------------- generation
 @dataclass(frozen=True)
 class SyntheticManifest:
-    """What was generated, from what, and how long it took. ``fingerprint`` identifies the data."""
+    """What was generated and from what (no timings: the manifest is part of the DVC output, which must be a
+    function of its inputs). ``fingerprint`` identifies the data."""
 
     fingerprint: str  # sha256 over the generation parameters and metadata.csv
     params_sha256: str
@@ -338,7 +338,6 @@ class SyntheticManifest:
     mean_fg_fraction: dict[str, float]  # split -> mean object share of the pixels
     num_files: int
     bytes: int
-    seconds: float
     class_names: tuple[str, ...]
     place_names: tuple[str, ...]
 
@@ -444,7 +443,7 @@ def _render_all(
 
 
 def _summary(
-    cfg: SyntheticSection, seed: int, meta: pd.DataFrame, meta_bytes: bytes, out_root: Path, seconds: float
+    cfg: SyntheticSection, seed: int, meta: pd.DataFrame, meta_bytes: bytes, out_root: Path
 ) -> SyntheticManifest:
     params = synthetic_params(cfg, seed)
     params_sha = _params_sha256(params)
@@ -466,7 +465,6 @@ def _summary(
         mean_fg_fraction={name: round(float(rows["fg_fraction"].mean()), 4) for name, rows in by_split},
         num_files=num_files + 1,  # + the manifest itself
         bytes=size,
-        seconds=round(seconds, 3),
         class_names=spec.class_names,
         place_names=spec.place_names,
     )
@@ -483,7 +481,6 @@ def generate_synthetic(
         raise DataError(
             f"synthetic benchmark supports up to {len(CLASS_NAMES)} classes and {len(PLACE_NAMES)} places"
         )
-    start = time.perf_counter()
     root = Path(root)
     _check_replaceable(root)
     settings = RenderSettings(cfg.image_size, tuple(cfg.object_scale), cfg.rotation_deg, cfg.jpeg_quality)
@@ -492,6 +489,6 @@ def generate_synthetic(
         meta["fg_fraction"] = np.round(_render_all(jobs, settings, tmp, num_workers), 5)
         meta_bytes = meta.to_csv(index=False, lineterminator="\n").encode()
         (tmp / "metadata.csv").write_bytes(meta_bytes)
-        manifest = _summary(cfg, seed, meta, meta_bytes, tmp, time.perf_counter() - start)
+        manifest = _summary(cfg, seed, meta, meta_bytes, tmp)
         atomic_write_json(tmp / MANIFEST_NAME, manifest.to_json())
     return manifest

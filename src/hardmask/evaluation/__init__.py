@@ -5,5 +5,6 @@
 - :mod:`~hardmask.evaluation.interventions`: part thresholds, leave-one-part-out, part removal, selection;
 - :mod:`~hardmask.evaluation.inference`: one deterministic pass over a split under several interventions;
 - :mod:`~hardmask.evaluation.runner`: ``evaluate_run`` / ``evaluate_all`` (tidy rows, per-run files, MLflow);
-- :mod:`~hardmask.evaluation.tidy`: the tidy table's conventions and ``summarize`` (reports/metrics.json).
+- :mod:`~hardmask.evaluation.tidy`: the tidy table's conventions ``summarize`` (eval/summary.json) and
+``headline`` (the DVC metrics).
 """

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hardmask.checkpoint import load_checkpoint
+from hardmask.checkpoint import load_checkpoint, training_key
 from hardmask.config import Config, config_from_dict
 from hardmask.layout import RunFiles
 from hardmask.models import Variant, build_model, get_variant
@@ -27,11 +27,15 @@ class LoadedRun:
     seed: int
     checkpoint: str  # "best" | "last"
     train_cfg: Config  # the resolved config the run was trained with
-    train_run_id: str | None  # MLflow id of the training run
 
     @property
     def spec(self) -> Variant:
         return get_variant(self.variant)
+
+    @property
+    def run_key(self) -> str:
+        """What the run computed (the key of its MLflow training run)."""
+        return training_key(self.train_cfg.dump(), self.variant, self.seed)
 
 
 def checkpoint_weights(ckpt: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
@@ -74,5 +78,4 @@ def load_run(cfg: Config, run_dir: Path, which: str, num_classes: int, device: t
         seed=int(ckpt["seed"]),
         checkpoint=which,
         train_cfg=train_cfg,
-        train_run_id=ckpt.get("mlflow_run_id"),
     )

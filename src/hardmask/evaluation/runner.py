@@ -353,9 +353,7 @@ def log_evaluation(cfg: Config, run: LoadedRun, eval_dir: Path, frame: pd.DataFr
     """One MLflow run per evaluation, tagged ``train_run_id`` with the training run it evaluates."""
     from hardmask.tracking import RunTracker
 
-    with RunTracker.for_evaluation(
-        cfg, variant=run.variant, seed=run.seed, run_dir=eval_dir, training_run_id=run.train_run_id
-    ) as tracker:
+    with RunTracker.for_evaluation(cfg, variant=run.variant, seed=run.seed, run_key=run.run_key) as tracker:
         tracker.set_tags({"checkpoint": run.checkpoint})
         metrics = {
             mlflow_metric_name(r.checkpoint, r.split, r.intervention, r.metric): r.value

@@ -1,4 +1,5 @@
-"""The tidy evaluation table: its columns, naming conventions, and the seed summary ``reports/metrics.json``.
+"""The tidy evaluation table: its columns and naming conventions; the seed summary ``eval/summary.json``
+and the headline per model (the DVC metrics).
 
 One row per ``(model, seed, checkpoint, split, intervention, metric)`` with a float ``value``:
 
@@ -15,6 +16,8 @@ One row per ``(model, seed, checkpoint, split, intervention, metric)`` with a fl
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import pandas as pd
 
@@ -62,4 +65,40 @@ def summarize(df: pd.DataFrame) -> Summary:
             "std": float(values.std(ddof=1)) if n > 1 else None,
             "n": n,
         }
+    return out
+
+
+# (key in the headline file, split, metric): what `dvc metrics show` lists per model
+HEADLINE = (
+    ("test.avg_acc", "test", "avg_acc"),
+    ("test.worst_group_acc", "test", "worst_group_acc"),
+    ("test.fg_iou", "test", "fg_iou"),
+    ("bg_gap", BG_GAP_SPLIT, "bg_gap"),
+    ("val.avg_acc", "val", "avg_acc"),
+    ("val.worst_group_acc", "val", "worst_group_acc"),
+)
+
+
+def headline(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per model, the headline numbers of the primary checkpoint without intervention: the mean over seeds of
+    test average and worst-group accuracy, fg IoU, BG-gap and the validation accuracies, the sample sd of the
+    test ones (``<metric>_sd``) and the number of seeds. Nested by split (``{"test": {"avg_acc": ...}}``)."""
+    summary = summarize(df)
+    out: dict[str, dict[str, Any]] = {}
+    for model, by_split in summary.items():
+        record: dict[str, Any] = {}
+        seeds = 0
+        for key, split, metric in HEADLINE:
+            stats = by_split.get(split, {}).get(metric)
+            if stats is None:
+                continue
+            node = record
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = stats["mean"]
+            if split != "val":
+                node[f"{leaf}_sd"] = stats["std"]
+            seeds = max(seeds, stats["n"])
+        out[model] = {**record, "seeds": seeds}
     return out

@@ -126,21 +126,30 @@ def history_frame(history_dfs: Mapping[tuple[str, int], pd.DataFrame]) -> pd.Dat
 
 
 def _plots_data(eval_df: pd.DataFrame, history: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Long-format CSVs for ``dvc plots`` (one file per plot)."""
+    """The data of the ``dvc plots`` of dvc.yaml, one row per plotted point (a seed, or an epoch of a run):
+
+    - ``accuracy``: model, seed, test ``avg_acc`` and ``worst_group_acc`` (template ``mean_and_seeds``: a bar
+      for the mean over seeds, a dot per seed);
+    - ``bg_gap``: model, seed, ``bg_gap`` (same template);
+    - ``training_curves``: model, seed, run, epoch and the per-epoch values (``curve_per_run``: a line a run).
+    """
     rows = tables.primary_rows(eval_df)
     plain = rows[rows["intervention"] == "none"]
+
+    def per_seed(split: str, metrics: list[str]) -> pd.DataFrame:
+        picked = plain[(plain["split"] == split) & plain["metric"].isin(metrics)]
+        wide = picked.pivot_table(index=["model", "seed"], columns="metric", values="value", sort=False)
+        return wide.reindex(columns=[m for m in metrics if m in wide.columns]).reset_index()
+
     data = {
-        "accuracy": plain[plain["metric"].isin(["avg_acc", "worst_group_acc"])],
-        "bg_gap": plain[(plain["split"] == BG_GAP_SPLIT) & (plain["metric"] == "bg_gap")],
-        "group_accuracy": plain[plain["metric"].str.startswith("group_acc/")],
-        "interventions": rows[
-            (rows["split"] == "test") & rows["metric"].isin(["avg_acc", "worst_group_acc"])
-        ],
+        "accuracy": per_seed("test", ["avg_acc", "worst_group_acc"]),
+        "bg_gap": per_seed(BG_GAP_SPLIT, ["bg_gap"]),
     }
-    data = {name: frame.drop(columns=["checkpoint"]) for name, frame in data.items()}
     if not history.empty:
-        data["training_curves"] = history
-    return data
+        curves = history.assign(run=history["model"] + "/seed" + history["seed"].astype(str))
+        first = ["model", "seed", "run", "epoch"]
+        data["training_curves"] = curves[first + [c for c in curves.columns if c not in first]]
+    return {name: frame for name, frame in data.items() if not frame.empty}
 
 
 def _overview(cfg: Config, eval_df: pd.DataFrame) -> list[Block]:
@@ -284,23 +293,10 @@ def _write(
 
 
 def log_report(cfg: Config, paths: ReportPaths) -> None:
-    """Log the report, its figures and tables as artifacts of one MLflow run tagged ``kind=report``.
-
-    hardmask.tracking knows training and evaluation runs only; the report borrows the evaluation kind under
-    the pseudo-variant ``report`` (its run-id file lives in ``<reports_dir>/.tracking/``, outside every DVC
-    output).
-    """
+    """Log the report, its figures and tables as artifacts of one top-level MLflow run named ``report``."""
     from hardmask.tracking import RunTracker
 
-    with RunTracker.start(
-        cfg,
-        kind="eval",
-        variant="report",
-        seed=0,
-        run_dir=Path(cfg.base.reports_dir) / ".tracking",
-        resume=False,
-        tags={"kind": "report"},
-    ) as tracker:
+    with RunTracker.for_report(cfg) as tracker:
         tracker.log_artifacts([paths.markdown, *([paths.html] if paths.html else [])])
         tracker.log_artifacts(paths.figures.values(), artifact_path="figures")
         tracker.log_artifacts(paths.tables.values(), artifact_path="tables")

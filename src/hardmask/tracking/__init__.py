@@ -3,8 +3,11 @@
 from hardmask.tracking.mlflow import (
     RunTracker,
     TrackingError,
+    end_status,
+    find_training_run,
     flatten_config,
     init_tracking,
+    log_parent_metrics,
     parent_run_for,
     resolve_tracking_uri,
     run_tags,
@@ -13,8 +16,11 @@ from hardmask.tracking.mlflow import (
 __all__ = [
     "RunTracker",
     "TrackingError",
+    "end_status",
+    "find_training_run",
     "flatten_config",
     "init_tracking",
+    "log_parent_metrics",
     "parent_run_for",
     "resolve_tracking_uri",
     "run_tags",

@@ -1,10 +1,14 @@
 """MLflow bookkeeping of training and evaluation runs; only global rank 0 writes.
 
-Layout in the experiment ``cfg.tracking.experiment``: one parent run per variant (and per DVC experiment),
-with one child run per (variant, seed) and kind (``train`` or ``eval``). A child carries the flattened
-resolved config as params and cross-link tags (git commit, ``DVC_EXP_NAME``, SLURM job/array ids, dataset
-fingerprint); its id is kept in the run directory (``mlflow_<kind>_run_id``), so a requeued job continues the
-same MLflow run.
+Layout in the experiment ``cfg.tracking.experiment`` (tagged as model development, so that the MLflow 3 UI
+opens on its runs): one parent run per variant and DVC experiment, holding the mean and sd over seeds of the
+headline metrics, with one child run per (variant, seed) and kind (``train`` or ``eval``); one ``report`` run
+per report. A child carries the flattened resolved config, its variant and training seed as params, and
+cross-link tags (git commit, ``DVC_EXP_NAME``, SLURM job/array ids, dataset fingerprint, ``run_key``).
+
+``run_key`` (:func:`hardmask.checkpoint.training_key`) names what a training run computes; a requeued job
+continues the MLflow run of its key and an evaluation links to it, so no run id is written into the run
+directories (DVC outputs stay a function of their inputs).
 
 ``init_tracking`` runs once in the submitting process, before any job starts: it creates the database schema
 and the experiment, so concurrent jobs never race on them, and exports the resolved URI to the jobs'
@@ -24,7 +28,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from hardmask import layout
 from hardmask.config import Config, flatten
-from hardmask.io import atomic_write_text
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -32,10 +35,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("hardmask.tracking")
 
 URI_ENV = "MLFLOW_TRACKING_URI"
-RunKind = Literal["train", "eval"]
+RunKind = Literal["train", "eval", "report"]
 # MLflow's own tag names (mlflow.utils.mlflow_tags), spelled out to keep mlflow out of import time.
 PARENT_RUN_TAG = "mlflow.parentRunId"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # what the MLflow 3 UI opens an experiment on
+MODEL_DEVELOPMENT = "custom_model_development"
+RUN_KEY_TAG = "run_key"
 # Limits of one MLflow log_batch call and of one param value (mlflow.utils.validation).
 MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
@@ -49,11 +55,12 @@ class TrackingError(RuntimeError):
 # ------------------------------------------------------------------------------------------------ store setup
 def resolve_tracking_uri(cfg: Config, root: str | Path | None = None) -> str:
     """``MLFLOW_TRACKING_URI`` if set, else ``cfg.tracking.uri``; a relative sqlite path is made absolute
-    against ``root`` (default: the working directory, which is the project root for DVC stages)."""
+    against ``root`` (default: the project root, :func:`hardmask.layout.project_root`, so that a queued DVC
+    experiment, which runs in a temporary copy, writes to the project's store)."""
     uri = os.environ.get(URI_ENV) or cfg.tracking.uri
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        db_path = (Path(root) if root is not None else Path.cwd()) / uri[len(prefix) :]
+        db_path = (Path(root) if root is not None else layout.project_root()) / uri[len(prefix) :]
         uri = prefix + str(db_path.resolve())
     return uri
 
@@ -72,14 +79,19 @@ def _client(uri: str) -> MlflowClient:
 
 
 def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
-    """The id of experiment ``name``, created on first use. With a sqlite store its artifacts go to
-    ``mlartifacts/`` beside the database, whatever the working directory of the job that logs them."""
+    """The id of experiment ``name``, created on first use and tagged as model development. With a sqlite
+    store its artifacts go to ``mlartifacts/`` beside the database, whatever the working directory of the job
+    that logs them."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    db_path = _sqlite_path(uri)
-    artifacts = str(db_path.parent / "mlartifacts") if db_path is not None else None
-    return client.create_experiment(name, artifact_location=artifacts)
+    if experiment is None:
+        db_path = _sqlite_path(uri)
+        artifacts = str(db_path.parent / "mlartifacts") if db_path is not None else None
+        return client.create_experiment(
+            name, artifact_location=artifacts, tags={EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT}
+        )
+    if EXPERIMENT_KIND_TAG not in experiment.tags:  # a store made before the tag existed
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
+    return experiment.experiment_id
 
 
 def init_tracking(cfg: Config, root: str | Path | None = None) -> str:
@@ -109,9 +121,14 @@ def init_tracking(cfg: Config, root: str | Path | None = None) -> str:
     return uri
 
 
+def experiment_group() -> str:
+    """The DVC experiment the stage runs for (``DVC_EXP_NAME``), or ``workspace``."""
+    return os.environ.get("DVC_EXP_NAME") or "workspace"
+
+
 def parent_run_for(client: MlflowClient, experiment_id: str, variant: str) -> str:
     """The run grouping every seed of ``variant`` within the current DVC experiment (created if missing)."""
-    group = os.environ.get("DVC_EXP_NAME") or "workspace"
+    group = experiment_group()
     query = f"tags.kind = 'parent' and tags.variant = '{variant}' and tags.group = '{group}'"
     found = client.search_runs(
         [experiment_id], filter_string=query, max_results=1, order_by=["start_time ASC"]
@@ -214,35 +231,27 @@ class RunTracker:
         kind: RunKind,
         variant: str,
         seed: int,
-        run_dir: str | Path,
-        run_id: str | None = None,
-        resume: bool = True,
+        run_key: str | None = None,
+        resume: bool = False,
         enabled: bool = True,
         tags: Mapping[str, str] | None = None,
     ) -> RunTracker:
-        """Start (or with ``resume``, continue) the run of (``variant``, ``seed``, ``kind``); log its config.
-
-        The run continued is ``run_id`` if given, else the one named in ``run_dir/mlflow_<kind>_run_id``.
-        """
+        """Start the run of (``variant``, ``seed``, ``kind``) under the variant's parent and log its config;
+        with ``resume``, continue the latest run of ``run_key`` instead, if there is one."""
         if not enabled:
             return cls.disabled()
         uri = resolve_tracking_uri(cfg)
         client = _client(uri)
         experiment_id = ensure_experiment(client, cfg.tracking.experiment, uri)
-        id_file = layout.mlflow_id_file(run_dir, kind)
-        if run_id is None and resume and id_file.is_file():
-            run_id = id_file.read_text().strip() or None
         run_tags_ = {**run_tags(cfg, kind, variant, seed), **(tags or {})}
-        resumed = run_id is not None and _run_exists(client, run_id)
-        if resumed:
+        if run_key is not None:
+            run_tags_[RUN_KEY_TAG] = run_key
+        run_id = latest_run(client, experiment_id, kind, run_key) if resume and run_key else None
+        if run_id is not None:
             client.update_run(run_id, status="RUNNING")
             client.log_batch(run_id, tags=_tag_entities(run_tags_))  # SLURM ids of the new attempt
             log.info("continuing MLflow run %s (%s %s seed %d)", run_id, kind, variant, seed)
         else:
-            if run_id is not None:
-                log.warning(
-                    "MLflow run %s named in %s is not in %s; starting a new run", run_id, id_file, uri
-                )
             parent = parent_run_for(client, experiment_id, variant)
             run = client.create_run(
                 experiment_id,
@@ -250,11 +259,10 @@ class RunTracker:
                 tags={**run_tags_, PARENT_RUN_TAG: parent},
             )
             run_id = run.info.run_id
-        atomic_write_text(id_file, run_id + "\n")
         tracker = cls(client, run_id)
-        tracker.log_params(cfg.dump())
+        tracker.log_params({"variant": variant, "seed": seed, **cfg.dump()})
         if cfg.tracking.log_system_metrics:
-            tracker._start_system_metrics(uri, resumed)
+            tracker._start_system_metrics(uri, resumed=run_id is not None)
         return tracker
 
     @classmethod
@@ -264,40 +272,34 @@ class RunTracker:
         *,
         variant: str,
         seed: int,
-        run_dir: str | Path,
-        run_id: str | None = None,
+        run_key: str,
+        resume: bool = False,
         enabled: bool = True,
     ) -> RunTracker:
+        """The training run of ``run_key``; ``resume`` (a checkpoint is being continued) picks up its run."""
         return cls.start(
-            cfg, kind="train", variant=variant, seed=seed, run_dir=run_dir, run_id=run_id, enabled=enabled
+            cfg, kind="train", variant=variant, seed=seed, run_key=run_key, resume=resume, enabled=enabled
         )
 
     @classmethod
-    def for_evaluation(
-        cls,
-        cfg: Config,
-        *,
-        variant: str,
-        seed: int,
-        run_dir: str | Path,
-        training_run_id: str | None = None,
-        enabled: bool = True,
-    ) -> RunTracker:
-        """A new eval run, tagged with the training run it evaluates (read from ``run_dir`` if not given)."""
-        train_id_file = layout.mlflow_id_file(run_dir, "train")
-        if training_run_id is None and train_id_file.is_file():
-            training_run_id = train_id_file.read_text().strip() or None
-        tags = {"train_run_id": training_run_id} if training_run_id else {}
-        return cls.start(
-            cfg,
-            kind="eval",
-            variant=variant,
-            seed=seed,
-            run_dir=run_dir,
-            resume=False,
-            enabled=enabled,
-            tags=tags,
-        )
+    def for_evaluation(cls, cfg: Config, *, variant: str, seed: int, run_key: str) -> RunTracker:
+        """A new eval run, tagged ``train_run_id`` with the training run of ``run_key`` when the store has
+        it."""
+        tracker = cls.start(cfg, kind="eval", variant=variant, seed=seed, run_key=run_key)
+        train_run = find_training_run(cfg, run_key)
+        if train_run is not None:
+            tracker.set_tags({"train_run_id": train_run})
+        return tracker
+
+    @classmethod
+    def for_report(cls, cfg: Config) -> RunTracker:
+        """The run of one report: top level (no variant), named ``report``, tagged ``kind=report``."""
+        uri = resolve_tracking_uri(cfg)
+        client = _client(uri)
+        experiment_id = ensure_experiment(client, cfg.tracking.experiment, uri)
+        tags = {"kind": "report", "group": experiment_group(), "git_commit": git_commit()}
+        run = client.create_run(experiment_id, run_name="report", tags=tags)
+        return cls(client, run.info.run_id)
 
     # ------------------------------------------------------------------------------------------- logging
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -352,7 +354,7 @@ class RunTracker:
         return self
 
     def __exit__(self, exc_type: type | None, *_: object) -> None:
-        self.end("FINISHED" if exc_type is None else "FAILED")
+        self.end(end_status(exc_type))
 
     def _start_system_metrics(self, uri: str, resumed: bool) -> None:
         """CPU, memory and GPU usage as ``system/*`` metrics, sampled every 10 s in a background thread."""
@@ -362,15 +364,45 @@ class RunTracker:
         self._monitor.start()
 
 
-# ------------------------------------------------------------------------------------------------ helpers
-def _run_exists(client: MlflowClient, run_id: str) -> bool:
-    from mlflow.exceptions import MlflowException
+# ------------------------------------------------------------------------------------------------ lookups
+def end_status(exc_type: type | None) -> Literal["FINISHED", "FAILED", "KILLED"]:
+    """How a run that ended with ``exc_type`` (None = normally) is marked: Ctrl-C and SIGTERM are KILLED."""
+    if exc_type is None:
+        return "FINISHED"
+    return "KILLED" if issubclass(exc_type, KeyboardInterrupt | SystemExit) else "FAILED"
 
-    try:
-        client.get_run(run_id)
-    except MlflowException:
-        return False
-    return True
+
+def latest_run(client: MlflowClient, experiment_id: str, kind: str, run_key: str) -> str | None:
+    """The id of the most recent run of ``kind`` tagged ``run_key``, or None."""
+    query = f"tags.kind = '{kind}' and tags.{RUN_KEY_TAG} = '{run_key}'"
+    found = client.search_runs([experiment_id], query, max_results=1, order_by=["start_time DESC"])
+    return found[0].info.run_id if found else None
+
+
+def find_training_run(cfg: Config, run_key: str) -> str | None:
+    """The MLflow run that trained ``run_key`` (see :func:`hardmask.checkpoint.training_key`), or None."""
+    uri = resolve_tracking_uri(cfg)
+    client = _client(uri)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    return None if experiment is None else latest_run(client, experiment.experiment_id, "train", run_key)
+
+
+def log_parent_metrics(cfg: Config, metrics: Mapping[str, Mapping[str, float]]) -> None:
+    """``{variant: {name: value}}`` onto each variant's parent run of the current DVC experiment."""
+    from mlflow.entities import Metric
+
+    uri = resolve_tracking_uri(cfg)
+    client = _client(uri)
+    experiment_id = ensure_experiment(client, cfg.tracking.experiment, uri)
+    now = int(time.time() * 1000)
+    for variant, values in metrics.items():
+        parent = parent_run_for(client, experiment_id, variant)
+        entities = [Metric(name, _as_float(name, value), now, 0) for name, value in values.items()]
+        for i in range(0, len(entities), MAX_METRICS_PER_BATCH):
+            client.log_batch(parent, metrics=entities[i : i + MAX_METRICS_PER_BATCH])
+
+
+# ------------------------------------------------------------------------------------------------ helpers
 
 
 def _tag_entities(tags: Mapping[str, str]) -> list:

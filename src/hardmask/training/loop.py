@@ -36,6 +36,7 @@ from hardmask.checkpoint import (
     restore_rng_state,
     save_checkpoint,
     training_config_diff,
+    training_key,
 )
 from hardmask.config import Config, save_config
 from hardmask.data import build_dataset, make_loader
@@ -45,7 +46,7 @@ from hardmask.metrics import group_accuracy_table
 from hardmask.models import Variant, build_model, get_variant
 from hardmask.models.backbone import input_normalization
 from hardmask.runtime import resolve_device, seed_everything
-from hardmask.tracking import RunTracker
+from hardmask.tracking import RunTracker, end_status
 from hardmask.training.distributed import DistContext, barrier
 from hardmask.training.sampler import ResumableSampler, SeededSamples
 from hardmask.training.trainer import LoopState, Trainer, TrainingError
@@ -66,8 +67,13 @@ class TrainResult:
     best_val_worst_group_acc: float
     last_val_avg_acc: float
     last_val_worst_group_acc: float
+    # Not written into the run directory, which is a function of the run's inputs: a timing and an MLflow id.
     train_images_per_s: float
     mlflow_run_id: str | None
+
+    def record(self) -> dict[str, Any]:
+        """What ``metrics.json`` of the run keeps: everything but the timing and the MLflow id."""
+        return {k: v for k, v in asdict(self).items() if k not in ("train_images_per_s", "mlflow_run_id")}
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -192,12 +198,10 @@ class _Run:
             cfg, variant, model, self.device, batches_per_epoch=self.sampler.batches_per_epoch, dist=dist
         )
         self.history: list[dict[str, Any]] = []
-        mlflow_run_id = None
         if self.resume_from is not None:
             ckpt = self.resume_from
             self.trainer.load_state_dict(ckpt)
             self.history = list(ckpt["history"])
-            mlflow_run_id = ckpt.get("mlflow_run_id")
             restore_rng_state(ckpt["rng"][min(dist.rank, len(ckpt["rng"]) - 1)])
             state = self.trainer.state
             log.info(
@@ -213,8 +217,8 @@ class _Run:
             cfg,
             variant=variant,
             seed=seed,
-            run_dir=self.files.root,
-            run_id=mlflow_run_id,
+            run_key=training_key(cfg.dump(), variant, seed),
+            resume=self.resume_from is not None,
             enabled=dist.is_main,
         )
         groups = self.trainer.param_groups
@@ -249,7 +253,6 @@ class _Run:
                     **self.trainer.state_dict(),
                     "history": self.history,
                     "rng": rng,
-                    "mlflow_run_id": self.tracker.run_id,
                 },
             )
 
@@ -263,7 +266,6 @@ class _Run:
                 "epoch": self.state.epoch,
                 "model": self.trainer.eval_model.state_dict(),
                 "val": val,
-                "mlflow_run_id": self.tracker.run_id,
             },
         )
 
@@ -298,19 +300,12 @@ class _Run:
         stats = trainer.end_epoch()
         images = stats.pop("images") * dist.world_size
         val = validate(trainer.eval_model, self.val_loader, self.device, self.spec) if dist.is_main else {}
-        row = {
-            "epoch": state.epoch,
-            "step": state.global_step,
-            **stats,
-            "lr": trainer.lr,
-            "images_per_s": images / max(seconds, 1e-9),
-            **val,
-        }
-        self.history.append(row)
+        row = {"epoch": state.epoch, "step": state.global_step, **stats, "lr": trainer.lr, **val}
+        self.history.append(row)  # a function of the run's inputs: no timing (that goes to MLflow only)
         if dist.is_main:
-            self.tracker.log_metrics(
-                {f"epoch/{k}": float(v) for k, v in row.items() if k != "epoch"}, step=state.global_step
-            )
+            logged = {f"epoch/{k}": float(v) for k, v in row.items() if k != "epoch"}
+            logged["epoch/images_per_s"] = images / max(seconds, 1e-9)
+            self.tracker.log_metrics(logged, step=state.global_step)
             if val["val_worst_group_acc"] > state.best_metric:
                 state.best_metric, state.best_epoch = val["val_worst_group_acc"], state.epoch
                 self.save_best(val)
@@ -348,9 +343,13 @@ class _Run:
     def finish(self, result: TrainResult) -> None:
         files = self.files
         atomic_write_text(files.history, pd.DataFrame(self.history).to_csv(index=False))
-        atomic_write_json(files.metrics, asdict(result))
+        atomic_write_json(files.metrics, result.record())
+        self.tracker.log_metrics(
+            {"train_images_per_s": result.train_images_per_s}, step=self.state.global_step
+        )
         self.tracker.log_artifacts([files.config, files.metrics, files.history])
-        self.tracker.set_tags({"best_checkpoint": str(files.best.resolve())})
+        if self.cfg.tracking.log_checkpoints and files.best.is_file():
+            self.tracker.log_artifacts([files.best], artifact_path="checkpoints")
         self.tracker.end("FINISHED")
 
 
@@ -365,9 +364,9 @@ def train(
             epoch_seconds = run.run_epoch()
             seconds += epoch_seconds
             images += run.end_epoch(epoch_seconds)
-    except BaseException:
+    except BaseException as exc:
         run.progress.close()
-        run.tracker.end("FAILED")
+        run.tracker.end(end_status(type(exc)))
         raise
     run.progress.close()
     result = run.result(images, seconds)
