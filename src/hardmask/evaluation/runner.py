@@ -326,6 +326,9 @@ def evaluate_run(cfg: Config, run_dir: str | Path) -> pd.DataFrame:
         "selected": selected,
         "val_worst_group_acc": val_wga,
         "thresholds": {f"{q:g}": list(values) for q, values in thresholds.items()},
+        # images per group in the training split: the report marks the groups that were rare there
+        "train_group_counts": {ev.context.names[g]: n for g, n in ev.context.train_counts.items()},
+        "minority_groups": sorted(ev.context.names[g] for g in ev.context.minority),
     }
     eval_dir = layout.eval_files(cfg, ev.run.variant, ev.run.seed).root
     with atomic_dir(eval_dir) as tmp:  # the directory appears whole or not at all
