@@ -9,7 +9,7 @@ MLflow parent run.
 from __future__ import annotations
 
 from hardmask import layout
-from hardmask.config import flatten, stage_cli
+from hardmask.config import flatten, run_stage, stage_cli
 from hardmask.evaluation.runner import evaluate_all
 from hardmask.evaluation.tidy import headline, summarize
 from hardmask.io import atomic_dir, atomic_write_json, atomic_write_text
@@ -30,4 +30,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from hardmask.config import stage_cli
+from hardmask.config import run_stage, stage_cli
 from hardmask.data.prepare import prepare
 
 
@@ -30,4 +30,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

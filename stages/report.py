@@ -8,7 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: figures are only ever written to files
 
-from hardmask.config import stage_cli  # noqa: E402
+from hardmask.config import run_stage, stage_cli  # noqa: E402
 from hardmask.report.inputs import load_report_inputs  # noqa: E402
 from hardmask.report.render import build_report  # noqa: E402
 
@@ -16,9 +16,17 @@ from hardmask.report.render import build_report  # noqa: E402
 def main() -> None:
     cfg, _ = stage_cli(__doc__)
     inputs = load_report_inputs(cfg)
-    paths = build_report(cfg, inputs.eval_df, inputs.histories, inputs.overlays, inputs.selections)
+    paths = build_report(
+        cfg,
+        inputs.eval_df,
+        inputs.histories,
+        inputs.overlays,
+        inputs.selections,
+        test_predictions=inputs.test_predictions,
+        train_groups=inputs.train_groups,
+    )
     logging.getLogger("hardmask.report").info("wrote %s", paths.html or paths.markdown)
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

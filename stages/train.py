@@ -6,7 +6,7 @@ Output: the run directories ``<base.runs_dir>/<variant>/seed<seed>/`` (see :mod:
 from __future__ import annotations
 
 from hardmask.cluster import submit_training
-from hardmask.config import stage_cli
+from hardmask.config import run_stage, stage_cli
 from hardmask.tracking import init_tracking
 
 
@@ -17,4 +17,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main, interrupted="interrupted: every run keeps its last checkpoint; `dvc repro` resumes them")

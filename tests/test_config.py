@@ -13,6 +13,7 @@ from hardmask.config import (
     compose_config,
     load_config,
     parse_override,
+    run_stage,
     stage_cli,
 )
 from hardmask.config.cli import write_params
@@ -105,7 +106,7 @@ def test_overrides_and_composition():
         compose(["dataset=nope"], conf_dir=CONF)
 
 
-def test_stage_cli_applies_overrides_and_exits_cleanly_on_a_bad_key(capsys):
+def test_stage_cli_applies_overrides_and_a_stage_exits_cleanly_on_a_bad_key(capsys, monkeypatch):
     params = str(REPO / "params.yaml")
     cfg, args = stage_cli(
         "doc",
@@ -113,7 +114,11 @@ def test_stage_cli_applies_overrides_and_exits_cleanly_on_a_bad_key(capsys):
         ["--params", params, "--set", "optim.epochs=3", "--workers", "1"],
     )
     assert (cfg.optim.epochs, args.workers) == (3, 1)
+    monkeypatch.setenv("HARDMASK_DEBUG", "")  # restored after the test, which --debug below sets
     with pytest.raises(SystemExit) as exit_info:
-        stage_cli("doc", argv=["--params", params, "--set", "optim.lrr=1"])
+        run_stage(lambda: stage_cli("doc", argv=["--params", params, "--set", "optim.lrr=1"]))
     assert exit_info.value.code == 2
-    assert "optim.lrr: unknown key" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "optim.lrr: unknown key" in err and "Traceback" not in err
+    with pytest.raises(ConfigError):  # --debug: the exception itself, with its traceback
+        run_stage(lambda: stage_cli("doc", argv=["--params", params, "--set", "optim.lrr=1", "--debug"]))

@@ -1,4 +1,4 @@
-"""Atomic writes: whole or nothing, and with the permissions the user's umask gives (readable by colleagues)."""
+"""Atomic writes: whole or nothing, with the permissions the user's umask gives (readable by colleagues)."""
 
 from __future__ import annotations
 

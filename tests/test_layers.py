@@ -1,6 +1,7 @@
-"""Imports run one way: stages -> jobs (cluster, report, bench) -> training, evaluation -> data, models,
-losses, tracking -> foundation (config, io, layout, runtime, metrics, checkpoint). Nothing imports upwards,
-and models, data and losses never import one another."""
+"""Imports run one way: stages, the ``hardmask`` command line (cli) -> jobs and commands (cluster, report,
+bench, predict, export) -> training, evaluation -> data, models, losses, tracking -> foundation (config, io,
+layout, runtime, metrics, checkpoint, errors, console). Nothing imports upwards, and models, data and losses
+never import one another."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from .conftest import REPO
 
 SRC = REPO / "src" / "hardmask"
 LAYERS = {
-    0: {"config", "io", "layout", "runtime", "metrics", "checkpoint"},
+    0: {"config", "io", "layout", "runtime", "metrics", "checkpoint", "errors", "console"},
     1: {"data", "models", "losses", "tracking"},
     2: {"training", "evaluation"},
-    3: {"cluster", "report", "bench"},
+    3: {"cluster", "report", "bench", "predict", "export"},
+    4: {"cli"},
 }
 LAYER_OF = {unit: layer for layer, units in LAYERS.items() for unit in units}
 SIBLINGS_APART = ({"data", "models", "losses"}, {"training", "evaluation"})

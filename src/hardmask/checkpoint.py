@@ -19,10 +19,11 @@ import numpy as np
 import torch
 
 from hardmask.config import flatten
+from hardmask.errors import HardmaskError
 from hardmask.io import atomic_torch_save
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(HardmaskError, RuntimeError):
     """A checkpoint file is missing, unreadable or from another run."""
 
 

@@ -220,3 +220,7 @@ def test_impossible_request_is_refused_with_a_clear_error(tmp_path: Path, slurm:
     assert message.startswith("cluster.executor=slurm: the cluster refused the job array")
     assert f"{key}={float(value) if key == 'mem_gb' else value}" in message
     assert sbatch_says in message
+    # what the cluster does offer, so that the fix is in the message too
+    partition = subprocess.run(["sinfo", "--noheader", "--format", "%P"], capture_output=True, text=True)
+    assert "The cluster offers (sinfo):" in message
+    assert f"partition {partition.stdout.split()[0]} (up): 1 nodes, 2 CPUs" in message

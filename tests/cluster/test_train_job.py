@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from hardmask.checkpoint import training_key
 from hardmask.cluster import submit_training
 from hardmask.tracking import init_tracking
 
@@ -34,7 +35,7 @@ def test_ddp_training_job_writes_its_run_dir_and_one_mlflow_run(tmp_path: Path, 
     run_dir = tmp_path / "runs" / "two_stage_hard" / "seed0"
     assert Path(result.run_dir) == run_dir
     assert result.steps > 0 and result.epochs == 1
-    assert json.loads((run_dir / "metrics.json").read_text())["mlflow_run_id"] == result.mlflow_run_id
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == result.steps
     assert (run_dir / "checkpoints" / "last.pt").is_file()
 
     client = MlflowClient(mlflow_uri)
@@ -45,3 +46,6 @@ def test_ddp_training_job_writes_its_run_dir_and_one_mlflow_run(tmp_path: Path, 
     assert run.info.status == "FINISHED"
     assert run.data.params["cluster.local_tasks"] == "2"
     assert any(key.startswith("epoch/") for key in run.data.metrics)
+    # the run key links the MLflow run to what it trained, and the best weights are an artifact
+    assert run.data.tags["run_key"] == training_key(cfg.dump(), "two_stage_hard", 0)
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]

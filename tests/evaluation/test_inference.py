@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
-from hardmask.evaluation.inference import encodes_parts, predict_split
+from hardmask.evaluation.inference import OverlayPicker, encodes_parts, predict_split
 from hardmask.evaluation.interventions import InterventionSetting, training_split_thresholds
+from hardmask.evaluation.overlays import OverlaySamples
 from tests.models.tiny import IMAGE_SIZE, NUM_PARTS, images, tiny_model
 
 
@@ -101,3 +104,45 @@ def test_training_split_thresholds_run_stage1_only(monkeypatch):
     monkeypatch.setattr(model.stage2, "forward", fail)
     thresholds = training_split_thresholds(model, batches(), [0.5], device=torch.device("cpu"))
     assert len(thresholds[0.5]) == NUM_PARTS
+
+
+def pick(per_group: int, outcomes: dict[int, str]) -> OverlaySamples:
+    """Feed an OverlayPicker one batch: per group a string of outcomes ('c' correct, 'f' failure) in order.
+    Image i is uniformly i/100 bright, so that the kept samples can be told apart."""
+    groups = np.array([g for g, seq in outcomes.items() for _ in seq])
+    correct = np.array([c == "c" for seq in outcomes.values() for c in seq])
+    labels = np.zeros(len(groups), dtype=int)
+    logits = torch.tensor([[1.0, 0.0] if ok else [0.0, 1.0] for ok in correct])
+    output = SimpleNamespace(logits=logits, part_maps=None, hard_mask=None)
+    images_in = torch.arange(len(groups)).float()[:, None, None, None].expand(-1, 3, 2, 2) / 100
+    picker = OverlayPicker(per_group, mean=(0, 0, 0), std=(1, 1, 1), group_names=("g0", "g1", "g2"))
+    picker.add(images_in, labels, groups, output, grid=None)
+    return picker.result()
+
+
+def kept(samples: OverlaySamples) -> list[tuple[int, bool, int]]:
+    """(group, correct, which image) of every kept sample, in order."""
+    order = np.round(samples.images[:, 0, 0, 0] / 255 * 100).astype(int)
+    return list(zip(samples.groups.tolist(), (samples.labels == samples.preds).tolist(), order.tolist()))
+
+
+def test_overlay_picker_keeps_the_first_successes_and_failures_of_each_group_side_by_side():
+    # half of per_group of each kind (rounded up), in the order seen; correct ones before failures
+    assert kept(pick(4, {0: "fffccccc", 1: "cccc", 2: "ff"})) == [
+        (0, True, 3),
+        (0, True, 4),
+        (0, False, 0),
+        (0, False, 1),
+        (1, True, 8),
+        (1, True, 9),
+        (2, False, 12),
+        (2, False, 13),
+    ]
+    # a model that is nearly always right still shows its failures next to as many successes
+    assert kept(pick(1, {0: "cccccf", 1: "fcc"})) == [
+        (0, True, 0),
+        (0, False, 5),
+        (1, True, 7),
+        (1, False, 6),
+    ]
+    assert kept(pick(3, {0: "cfcfcf"})) == [(0, True, 0), (0, True, 2), (0, False, 1), (0, False, 3)]

@@ -13,15 +13,20 @@ the requeues after a time-out for both (preemptions requeue without limit).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import submitit
 
 from hardmask.config import ClusterSection
+from hardmask.errors import HardmaskError
 
 
-class ClusterSetupError(RuntimeError):
+class ClusterSetupError(HardmaskError, RuntimeError):
     """The configured executor cannot be used on this machine."""
 
 
@@ -72,6 +77,77 @@ def make_executor(cluster_cfg: ClusterSection, folder: str | Path, name: str) ->
         **{key: value for key, value in options.items() if value is not None},
     )
     return executor
+
+
+@contextlib.contextmanager
+def detached_local_jobs(console_log: Path) -> Iterator[None]:
+    """Start submitit's local job controllers in a session of their own, their console output going to
+    ``console_log``.
+
+    Why: started as children of the train stage, they share its terminal, so a Ctrl-C reaches them too; each
+    prints KeyboardInterrupt tracebacks over the stage's output and kills its training task a second later,
+    before the task has closed its MLflow run. Detached, only the stage gets the Ctrl-C and stops its jobs
+    itself (:meth:`hardmask.cluster.job.JobWatch.cancel`). submitit's local executor has no option for this,
+    so the ``subprocess`` its launcher sees is swapped for the duration of the submission.
+    """
+    from submitit.local import local
+
+    original = local.subprocess
+    console_log.parent.mkdir(parents=True, exist_ok=True)
+    with open(console_log, "ab") as sink:
+
+        class _Detached:
+            def __getattr__(self, name: str):
+                return getattr(original, name)
+
+            @staticmethod
+            def Popen(*args, **kwargs):  # noqa: N802 (the name submitit calls)
+                kwargs.update(start_new_session=True, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink)
+                return original.Popen(*args, **kwargs)
+
+        local.subprocess = _Detached()
+        try:
+            yield
+        finally:
+            local.subprocess = original
+
+
+def interrupt_local_job(job_id: str) -> None:
+    """Ctrl-C for one local job: SIGINT to its training tasks (the controller's children), which close their
+    MLflow runs and exit, after which the controller ends by itself."""
+    import psutil
+
+    try:
+        tasks = psutil.Process(int(job_id)).children()
+    except (psutil.Error, ValueError):
+        return
+    for task in tasks:
+        with contextlib.suppress(psutil.Error):
+            task.send_signal(signal.SIGINT)
+
+
+def describe_slurm() -> str:
+    """What the cluster offers, from ``sinfo``: one line per partition (state, nodes, CPUs and memory per
+    node, GPUs, time limit), for messages about a refused job; empty where SLURM cannot be asked."""
+    sinfo = shutil.which("sinfo")
+    if sinfo is None:
+        return ""
+    fields = "%P|%a|%D|%c|%m|%G|%l"  # partition, availability, nodes, CPUs/node, memory MB/node, gres, limit
+    try:
+        out = subprocess.run(
+            [sinfo, "--noheader", "--format", fields], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    lines = ["The cluster offers (sinfo):"]
+    for row in sorted(set(out.strip().splitlines())):
+        partition, avail, nodes, cpus, mem, gres, limit = (row.split("|") + [""] * 7)[:7]
+        gpus = "no GPUs" if gres in ("", "(null)") else gres
+        lines.append(
+            f"  partition {partition} ({avail}): {nodes} nodes, {cpus} CPUs and {mem} MB per node, {gpus}, "
+            f"time limit {limit}"
+        )
+    return "\n".join(lines) if len(lines) > 1 else ""
 
 
 def _visible_gpus() -> int:

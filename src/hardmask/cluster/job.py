@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
+import os
+import re
 import shutil
 import time
 import traceback
@@ -26,8 +29,15 @@ from submitit.core.utils import FailedJobError, FailedSubmissionError, Uncomplet
 
 from hardmask import layout
 from hardmask.checkpoint import describe_config_diff, training_config_diff
-from hardmask.cluster.executor import make_executor
+from hardmask.cluster.executor import (
+    describe_slurm,
+    detached_local_jobs,
+    interrupt_local_job,
+    make_executor,
+)
 from hardmask.config import Config, config_from_dict
+from hardmask.console import configure_logging, duration
+from hardmask.errors import HardmaskError
 from hardmask.models import check_variants
 
 log = logging.getLogger("hardmask.cluster")
@@ -35,11 +45,11 @@ log = logging.getLogger("hardmask.cluster")
 DEFAULT_TARGET = "hardmask.training.loop:train"
 
 
-class SubmissionError(RuntimeError):
+class SubmissionError(HardmaskError, RuntimeError):
     """The cluster refused the jobs (e.g. SLURM cannot satisfy the requested resources)."""
 
 
-class TrainingJobsFailed(RuntimeError):
+class TrainingJobsFailed(HardmaskError, RuntimeError):
     """At least one job of the array failed; the message carries each failed job's remote traceback."""
 
     def __init__(self, failures: Sequence[JobFailure], total: int) -> None:
@@ -108,11 +118,20 @@ def resolve_target(target: str) -> Callable[..., Any]:
     return function
 
 
+@dataclass(frozen=True)
+class JobError:
+    """What a job returns instead of raising when it meets an expected failure (a
+    :class:`~hardmask.errors.HardmaskError`): its message, which the train stage reports without a
+    traceback."""
+
+    message: str
+
+
 class TrainJob(submitit.helpers.Checkpointable):
     """Callable run by every task of a job: ``target(cfg, variant, seed, run_dir, dist)``.
 
     ``target`` is ``"module:function"``, imported by name inside the job (the pickle carries no code); tests
-    pass small stand-ins.
+    pass small stand-ins. The job logs to its stderr file (submitit's ``<logs_dir>/train/<job id>/``).
     """
 
     def __init__(self, target: str = DEFAULT_TARGET) -> None:
@@ -121,13 +140,21 @@ class TrainJob(submitit.helpers.Checkpointable):
     def __call__(self, config: dict[str, Any], variant: str, seed: int) -> Any:
         from hardmask.training.distributed import cleanup, init_distributed
 
+        configure_logging()
         cfg = config_from_dict(config, source=f"config submitted for {variant}/seed{seed}")
         train = resolve_target(self.target)
-        dist = init_distributed()
         try:
-            return train(cfg, variant, seed, layout.run_dir(cfg, variant, seed), dist)
-        finally:
-            cleanup()
+            dist = init_distributed()
+            try:
+                return train(cfg, variant, seed, layout.run_dir(cfg, variant, seed), dist)
+            finally:
+                cleanup()
+        except HardmaskError as exc:
+            log.error("%s/seed%d: %s", variant, seed, exc)
+            return JobError(str(exc))
+        except KeyboardInterrupt:
+            log.warning("%s/seed%d interrupted; its last checkpoint is kept", variant, seed)
+            raise
 
     def checkpoint(
         self, config: dict[str, Any], variant: str, seed: int
@@ -153,21 +180,17 @@ def submit_training(
     resolve_target(target)  # fail here, not once per job, on a misspelled target
     check_variants([variant for variant, _ in variants_seeds])
     supersede_stale_runs(cfg, variants_seeds)
-    folder = layout.logs_dir(cfg, "train")
-    executor = make_executor(cfg.cluster, folder, name)
-    job_fn = TrainJob(target)
-    started = time.perf_counter()
-    jobs: list[submitit.Job] = []
+    executor = make_executor(cfg.cluster, layout.logs_dir(cfg, "train"), name)
+    watch = JobWatch(cfg, len(variants_seeds))
     try:
-        _submit(executor, job_fn, cfg, variants_seeds, jobs)
-        log.info("submitted %d jobs: %s", len(jobs), ", ".join(str(j.job_id) for j in jobs))
-        results = _collect(jobs, variants_seeds)
+        _submit(executor, TrainJob(target), cfg, variants_seeds, watch)
+        while not watch.all_done():
+            watch.poll()
+            time.sleep(cfg.cluster.poll_interval_s)
     except KeyboardInterrupt:  # Ctrl-C on the stage: do not leave its jobs running
-        for job in jobs:
-            job.cancel(check=False)
+        watch.cancel()
         raise
-    log.info("%d jobs finished in %.1f s", len(jobs), time.perf_counter() - started)
-    return results
+    return watch.results()
 
 
 def _submit(
@@ -175,20 +198,24 @@ def _submit(
     job_fn: TrainJob,
     cfg: Config,
     variants_seeds: Sequence[tuple[str, int]],
-    jobs: list[submitit.Job],
+    watch: JobWatch,
 ) -> None:
-    """Submit one job per pair, appending each to ``jobs`` as soon as it exists (so it can be cancelled)."""
+    """Submit one job per pair, handing each to ``watch`` as soon as it exists (so it can be cancelled)."""
     config = cfg.dump()
     try:
         if cfg.cluster.executor == "local":
             # the local executor has no array throttle: start a job whenever fewer than array_parallelism run
             for variant, seed in variants_seeds:
-                while sum(not job.done() for job in jobs) >= cfg.cluster.array_parallelism:
+                while watch.poll() >= cfg.cluster.array_parallelism:
                     time.sleep(cfg.cluster.poll_interval_s)
-                jobs.append(executor.submit(job_fn, config, variant, seed))
-        else:  # one sbatch --array (debug jobs run in this process when awaited)
+                with detached_local_jobs(layout.logs_dir(cfg, "train") / "controllers.log"):
+                    job = executor.submit(job_fn, config, variant, seed)
+                watch.add(job, variant, seed)
+        else:  # one sbatch --array (debug jobs run in this process when polled)
             variants, seeds = zip(*variants_seeds)
-            jobs.extend(executor.map_array(job_fn, [config] * len(variants_seeds), variants, seeds))
+            jobs = executor.map_array(job_fn, [config] * len(variants_seeds), variants, seeds)
+            for job, (variant, seed) in zip(jobs, variants_seeds):
+                watch.add(job, variant, seed)
     except (FailedSubmissionError, FailedJobError) as exc:  # sbatch exited non-zero: nothing was queued
         slurm = cfg.cluster.slurm
         raise SubmissionError(
@@ -196,26 +223,190 @@ def _submit(
             f"partition={slurm.partition}, nodes={slurm.nodes}, tasks_per_node={slurm.tasks_per_node}, "
             f"gpus_per_node={slurm.gpus_per_node}, cpus_per_task={slurm.cpus_per_task}, "
             f"mem_gb={slurm.mem_gb}, time_min={slurm.time_min}, "
-            f"additional_parameters={dict(slurm.additional_parameters)}):\n{exc}"
+            f"additional_parameters={dict(slurm.additional_parameters)}).\n{_first_lines(exc)}"
+            f"{describe_slurm()}"
         ) from None
 
 
-def _collect(jobs: Sequence[submitit.Job], variants_seeds: Sequence[tuple[str, int]]) -> list[Any]:
-    """Wait for every job; rank 0's result of each, or :class:`TrainingJobsFailed` naming every failure."""
-    results: list[Any] = []
-    failures: list[JobFailure] = []
-    for job, (variant, seed) in zip(jobs, variants_seeds):
-        # exception() waits and returns the remote error (with traceback) instead of raising; unlike
-        # result() it never opens a post-mortem debugger for in-process debug jobs.
-        error = job.exception()
-        if error is not None:
-            failures.append(JobFailure(variant, seed, str(job.job_id), _describe(error)))
-            results.append(None)
-        else:
-            results.append(job.results()[0])  # one result per task; the first is global rank 0's
-    if failures:
-        raise TrainingJobsFailed(failures, total=len(jobs))
-    return results
+# ------------------------------------------------------------------------------------------------ watching
+@dataclass
+class _Entry:
+    job: submitit.Job
+    variant: str
+    seed: int
+    submitted: float
+    started: float | None = None
+    ended: float | None = None
+    result: Any = None
+    failure: str | None = None
+    relayed_resume: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.variant}/seed{self.seed}"
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.job.paths.stderr)
+
+
+class JobWatch:
+    """The train stage's view of its jobs: one line when a job starts and when it ends (with its log file),
+    and every ``STATUS_EVERY_S`` the count, each running job's latest progress line (read from its log) and
+    the stage's ETA."""
+
+    STATUS_EVERY_S = 30.0
+
+    def __init__(self, cfg: Config, total: int) -> None:
+        self.cfg, self.total = cfg, total
+        self.entries: list[_Entry] = []
+        self.start = time.perf_counter()
+        self.last_status = self.start
+
+    def add(self, job: submitit.Job, variant: str, seed: int) -> None:
+        self.entries.append(_Entry(job, variant, seed, submitted=time.perf_counter()))
+
+    def all_done(self) -> bool:
+        return len(self.entries) == self.total and all(e.ended is not None for e in self.entries)
+
+    def poll(self) -> int:
+        """Look at every job once; returns how many are still running or waiting."""
+        for entry in self.entries:
+            if entry.ended is not None:
+                continue
+            if self.cfg.cluster.executor == "debug":  # runs in this process, now
+                self._started(entry)
+                # exception() runs the job and returns its error; done() or result() would open a debugger
+                self._ended(entry, entry.job.exception())
+                continue
+            if entry.job.state.upper() in ("RUNNING", "COMPLETING"):
+                self._started(entry)
+            if entry.job.done():
+                self._ended(entry, entry.job.exception())
+            elif not entry.relayed_resume:
+                self._relay_resume(entry)
+        if time.perf_counter() - self.last_status >= self.STATUS_EVERY_S and not self.all_done():
+            self.status()
+        return sum(e.ended is None for e in self.entries)
+
+    def _started(self, entry: _Entry) -> None:
+        if entry.started is not None:
+            return
+        entry.started = time.perf_counter()
+        where = "in this process" if self.cfg.cluster.executor == "debug" else f"log {entry.log_path}"
+        log.info("started %s (job %s, %s)", entry.name, entry.job.job_id, where)
+
+    def _relay_resume(self, entry: _Entry) -> None:
+        line = _last_line(entry.log_path, f"resumed {entry.name} ")
+        if line is not None:
+            entry.relayed_resume = True
+            log.info("%s", line)
+
+    def _ended(self, entry: _Entry, error: BaseException | None) -> None:
+        """Record a job that ended, with the error it raised (the remote traceback of a job process)."""
+        self._started(entry)
+        entry.ended = time.perf_counter()
+        took = duration(entry.ended - entry.started)
+        result = None if error is not None else entry.job.results()[0]  # one per task; rank 0's first
+        done = sum(e.ended is not None for e in self.entries)
+        if isinstance(result, JobError):
+            entry.failure = result.message
+        elif error is not None:
+            entry.failure = _describe(error)
+        if entry.failure is not None:
+            log.error(
+                "FAILED %s (job %s) after %s; log %s", entry.name, entry.job.job_id, took, entry.log_path
+            )
+            return
+        entry.result = result
+        best = getattr(result, "best_val_worst_group_acc", None)
+        summary = f": best validation worst-group accuracy {best:.3f}" if best is not None else ""
+        log.info("finished %s (%d/%d) in %s%s", entry.name, done, self.total, took, summary)
+
+    def status(self) -> None:
+        self.last_status = time.perf_counter()
+        running = [e for e in self.entries if e.started is not None and e.ended is None]
+        done = sum(e.ended is not None for e in self.entries)
+        waiting = self.total - done - len(running)
+        parts = [f"{done}/{self.total} done, {len(running)} running, {waiting} waiting"]
+        for entry in running:
+            line = _last_line(entry.log_path, f"{entry.name} ")
+            parts.append(line or f"{entry.name} starting")
+        eta = self.eta(running, waiting)
+        log.info("training: %s%s", "; ".join(parts), f"; ETA {duration(eta)}" if eta is not None else "")
+
+    def eta(self, running: list[_Entry], waiting: int) -> float | None:
+        """Seconds until the last job ends: the running jobs' own ETAs, then the waiting ones at the mean job
+        duration so far, ``cluster.array_parallelism`` at a time."""
+        now = time.perf_counter()
+        left = [_eta_of(_last_line(e.log_path, f"{e.name} ")) for e in running]
+        finished = [e.ended - e.started for e in self.entries if e.ended is not None and e.failure is None]
+        known = [now - e.started + t for e, t in zip(running, left) if t is not None]
+        if not finished and not known:
+            return None
+        per_job = sum(finished + known) / len(finished + known)
+        slots = max(1, self.cfg.cluster.array_parallelism)
+        current = max((t for t in left if t is not None), default=0.0)
+        return current + math.ceil(waiting / slots) * per_job
+
+    def cancel(self, grace_s: float = 20.0) -> None:
+        """Stop every job that has not ended and give them ``grace_s`` to close their MLflow runs (KILLED);
+        their last checkpoints stay, so the next train stage resumes them."""
+        pending = [e for e in self.entries if e.ended is None]
+        local = self.cfg.cluster.executor == "local"
+        for entry in pending:
+            if local:
+                interrupt_local_job(str(entry.job.job_id))
+            else:
+                entry.job.cancel(check=False)
+        deadline = time.perf_counter() + grace_s
+        while local and time.perf_counter() < deadline and not all(e.job.done() for e in pending):
+            time.sleep(0.2)
+        for entry in pending:
+            if not entry.job.done():
+                entry.job.cancel(check=False)  # still running after the grace period: submitit's way
+        if pending:
+            log.warning("stopped %s", ", ".join(e.name for e in pending))
+
+    def results(self) -> list[Any]:
+        """Every job's result in submission order, or :class:`TrainingJobsFailed` naming every failure."""
+        failures = [
+            JobFailure(e.variant, e.seed, str(e.job.job_id), e.failure) for e in self.entries if e.failure
+        ]
+        if failures:
+            raise TrainingJobsFailed(failures, total=self.total)
+        log.info("%d jobs finished in %s", self.total, duration(time.perf_counter() - self.start))
+        return [e.result for e in self.entries]
+
+
+def _last_line(path: Path, marker: str, tail_bytes: int = 16384) -> str | None:
+    """The text from ``marker`` on of the last line of ``path`` that contains it (None if none yet)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - tail_bytes))
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return None
+    for line in reversed(text.splitlines()):
+        at = line.find(marker)
+        if at >= 0:
+            return line[at:].strip()
+    return None
+
+
+def _eta_of(line: str | None) -> float | None:
+    """The seconds of the ``ETA 1m35s`` at the end of a progress line."""
+    match = re.search(r"ETA (?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", line or "")
+    if match is None or not any(match.groups()):
+        return None
+    hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    return 3600 * hours + 60 * minutes + seconds
+
+
+def _first_lines(error: BaseException, limit: int = 6) -> str:
+    lines = str(error).strip().splitlines()
+    return "\n".join(lines[:limit]) + ("\n..." if len(lines) > limit else "")
 
 
 def _describe(error: BaseException) -> str:

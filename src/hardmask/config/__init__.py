@@ -1,7 +1,7 @@
 """The configuration: one schema (:mod:`~hardmask.config.schema`), loading and composition
 (:mod:`~hardmask.config.loading`), and the stages' command line (:mod:`~hardmask.config.cli`)."""
 
-from hardmask.config.cli import stage_cli
+from hardmask.config.cli import run_stage, stage_cli
 from hardmask.config.loading import (
     ConfigError,
     apply_overrides,
@@ -63,6 +63,7 @@ __all__ = [
     "load_config",
     "parse_override",
     "read_yaml",
+    "run_stage",
     "save_config",
     "stage_cli",
 ]

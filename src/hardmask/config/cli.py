@@ -1,15 +1,22 @@
-"""The command line shared by every ``stages/*.py``, and ``python -m hardmask.config`` (write params.yaml)."""
+"""The command line shared by every ``stages/*.py``, and ``python -m hardmask.config`` (write params.yaml).
+
+A stage is ``main()`` that calls :func:`stage_cli`, run as ``run_stage(main)``: expected failures
+(:class:`hardmask.errors.HardmaskError`: config, data, cluster, resources) end in one message that names the
+key, file or resource and the fix, and Ctrl-C in one line, both without a traceback (``--debug`` or
+``HARDMASK_DEBUG=1`` shows it).
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
+import os
 from collections.abc import Callable
 from pathlib import Path
 
-from hardmask.config.loading import CONF_DIR, CONF_NAME, ConfigError, load_config
+from hardmask.config.loading import CONF_DIR, CONF_NAME, load_config
 from hardmask.config.schema import Config
+from hardmask.console import configure_logging
+from hardmask.errors import DEBUG_ENV, reported_errors
 
 
 def stage_cli(
@@ -17,26 +24,28 @@ def stage_cli(
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
     argv: list[str] | None = None,
 ) -> tuple[Config, argparse.Namespace]:
-    """``--params FILE`` and repeatable ``--set KEY=VALUE``; logging set up; the validated config returned.
-
-    A configuration error ends the process with its message (which names the file and key) and exit status 2,
-    not a traceback.
-    """
+    """``--params FILE``, repeatable ``--set KEY=VALUE`` and ``--debug``; logging set up; the validated config
+    returned (a bad one raises :class:`~hardmask.config.loading.ConfigError`, which :func:`run_stage`
+    reports)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="the config file (default: %(default)s)")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)"
     )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of expected errors too")
     if add_arguments is not None:
         add_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        cfg = load_config(args.params, overrides=args.set)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    return cfg, args
+    if args.debug:
+        os.environ[DEBUG_ENV] = "1"
+    configure_logging()
+    return load_config(args.params, overrides=args.set), args
+
+
+def run_stage(main: Callable[[], None], interrupted: str = "interrupted") -> None:
+    """A stage's ``main``, with expected errors and Ctrl-C reported in a line (module docstring)."""
+    with reported_errors(interrupted):
+        main()
 
 
 def write_params(overrides: list[str], output: str | Path = "params.yaml", conf_dir: str = CONF_DIR) -> None:
@@ -59,10 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--output", default="params.yaml")
     args = parser.parse_args(argv)
-    try:
+    with reported_errors():
         write_params(args.overrides, args.output)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     print(f"wrote {args.output}")
     return 0

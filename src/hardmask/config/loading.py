@@ -18,12 +18,13 @@ import yaml
 from pydantic import ValidationError
 
 from hardmask.config.schema import Config
+from hardmask.errors import HardmaskError
 
 CONF_DIR = "conf"  # the Hydra tree, relative to the project root (DVC's default hydra.config_dir)
 CONF_NAME = "config"  # its defaults list: conf/config.yaml
 
 
-class ConfigError(ValueError):
+class ConfigError(HardmaskError, ValueError):
     """A configuration problem, with the file and the dotted key it is about."""
 
 

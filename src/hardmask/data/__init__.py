@@ -41,6 +41,7 @@ __all__ = [
     "build_train_transform",
     "download",
     "ensure_dataset",
+    "eval_crop_pct",
     "extract_archive",
     "generate_synthetic",
     "is_up_to_date",
@@ -50,6 +51,15 @@ __all__ = [
 
 IMAGENET_EVAL_CROP_PCT = 0.875  # timm's centre crop for ImageNet at < 384 px (method spec §4.1)
 CUB_WATERBIRDS_SPLIT = "cub_waterbirds"
+
+
+def eval_crop_pct(dataset: str, split: str) -> float:
+    """timm's centre-crop fraction of ``dataset``'s evaluation transform for ``split``: ImageNet-1k images
+    (``imagenet`` outside the ImageNet-9 variants, ``imagenet9``'s train split) are cropped, others not."""
+    imagenet_1k = (dataset == "imagenet" and split not in IN9_VARIANTS) or (
+        dataset == "imagenet9" and split == "train"
+    )
+    return IMAGENET_EVAL_CROP_PCT if imagenet_1k else 1.0
 
 
 def build_dataset(
@@ -68,14 +78,10 @@ def build_dataset(
     ImageNet-1k training split of ``<base.data_dir>/imagenet``). ``mean``/``std``: the model's normalisation.
     """
     data, root, name = cfg.data, cfg.data_root, cfg.data.dataset
-    imagenet_1k = (name == "imagenet" and split not in IN9_VARIANTS) or (
-        name == "imagenet9" and split == "train"
-    )
-    crop_pct = IMAGENET_EVAL_CROP_PCT if imagenet_1k else 1.0
     if train:
         transform = build_train_transform(data.image_size, data.augment, mean, std)
     else:
-        transform = build_eval_transform(data.image_size, mean, std, crop_pct=crop_pct)
+        transform = build_eval_transform(data.image_size, mean, std, crop_pct=eval_crop_pct(name, split))
 
     if name in ("synthetic", "waterbirds"):
         return WaterbirdsDataset(root, split, transform, mask_dir=data.mask_dir)

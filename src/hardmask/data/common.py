@@ -25,11 +25,12 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from hardmask.data.groups import GroupSpec
+from hardmask.errors import HardmaskError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-class DataError(RuntimeError):
+class DataError(HardmaskError, RuntimeError):
     """A dataset on disk is missing, malformed or inconsistent; the message names the file and the fix."""
 
 

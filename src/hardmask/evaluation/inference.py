@@ -62,14 +62,23 @@ class _Collector:
         return SplitPredictions(**merged)
 
 
+def denormalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """A normalised image [3,H,W] back to uint8 [H,W,3] pixels (what the model saw, for overlays)."""
+    mean_t = torch.tensor(mean, device=image.device)[:, None, None]
+    std_t = torch.tensor(std, device=image.device)[:, None, None]
+    pixels = (image.float() * std_t + mean_t).clamp(0, 1).mul(255).round().byte()  # [3,H,W]
+    return pixels.permute(1, 2, 0).cpu().numpy()
+
+
 class OverlayPicker:
-    """Keeps the first ``per_group`` failures and correct predictions of every group; :meth:`result` shows
-    up to half failures per group and fills the rest with correct ones (or more failures)."""
+    """Keeps, per group, the first ``per_group / 2`` (rounded up) correct predictions and as many failures:
+    the report shows them side by side, so that a group's failures are seen next to its successes whatever
+    the accuracy (filling a row with failures first made an accurate model look like it mostly failed)."""
 
     def __init__(
         self, per_group: int, *, mean: Sequence[float], std: Sequence[float], group_names: Sequence[str]
     ) -> None:
-        self.per_group = per_group
+        self.per_side = max(1, -(-per_group // 2))  # of each kind, correct and failures
         self.mean, self.std = tuple(mean), tuple(std)
         self.group_names = tuple(group_names)
         self._kept: dict[tuple[int, bool], list[dict[str, np.ndarray]]] = {}  # (group, correct) -> samples
@@ -85,9 +94,13 @@ class OverlayPicker:
         preds = output.logits.argmax(-1).cpu().numpy()
         for i in range(len(labels)):
             bucket = self._kept.setdefault((int(groups[i]), bool(preds[i] == labels[i])), [])
-            if len(bucket) >= self.per_group:
+            if len(bucket) >= self.per_side:
                 continue
-            sample = {"images": self._to_uint8(images[i]), "labels": labels[i], "preds": preds[i]}
+            sample = {
+                "images": denormalize(images[i], self.mean, self.std),
+                "labels": labels[i],
+                "preds": preds[i],
+            }
             sample["groups"] = groups[i]
             if output.part_maps is not None:
                 sample["part_maps"] = output.part_maps[i].float().cpu().numpy().astype(np.float16)
@@ -95,18 +108,11 @@ class OverlayPicker:
                 sample["hard_masks"] = output.hard_mask[i].cpu().numpy().astype(bool).reshape(grid)
             bucket.append(sample)
 
-    def _to_uint8(self, image: torch.Tensor) -> np.ndarray:
-        mean = torch.tensor(self.mean, device=image.device)[:, None, None]
-        std = torch.tensor(self.std, device=image.device)[:, None, None]
-        pixels = (image.float() * std + mean).clamp(0, 1).mul(255).round().byte()  # [3,H,W]
-        return pixels.permute(1, 2, 0).cpu().numpy()
-
     def result(self) -> OverlaySamples | None:
+        """The kept samples by group id, each group's correct predictions before its failures."""
         chosen: list[dict[str, np.ndarray]] = []
         for group in sorted({g for g, _ in self._kept}):
-            failures, correct = self._kept.get((group, False), []), self._kept.get((group, True), [])
-            n_fail = min(len(failures), max(self.per_group // 2, self.per_group - len(correct)))
-            chosen += failures[:n_fail] + correct[: self.per_group - n_fail]
+            chosen += self._kept.get((group, True), []) + self._kept.get((group, False), [])
         if not chosen:
             return None
         stacked = {name: np.stack([s[name] for s in chosen]) for name in chosen[0]}

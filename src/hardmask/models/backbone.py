@@ -18,6 +18,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
+from hardmask.errors import HardmaskError
+
 ParamRole = Literal[
     "stage1_backbone",  # stage-1 ViT weights (frozen by model.freeze_backbone)
     "stage1_tokens",  # stage-1 cls/register tokens and position embedding (frozen by freeze_params_stage1)
@@ -33,7 +35,7 @@ ParamRole = Literal[
 TOKEN_PARAMETERS = ("cls_token", "reg_token", "pos_embed")
 
 
-class BackboneError(ValueError):
+class BackboneError(HardmaskError, ValueError):
     """A timm model that the two-stage architecture cannot drive."""
 
 

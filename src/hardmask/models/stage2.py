@@ -116,19 +116,20 @@ class MaskedViT(nn.Module):
             class_token = self._forward_packed(tokens, hard_mask)
         return self.head(self.fc_norm(class_token))
 
-    def _with_prefix(self, patch_values: Tensor, prefix_value: float | bool) -> Tensor:
-        """[B,h*w] -> [B,P+h*w] with the prefix tokens set to ``prefix_value`` (always attendable)."""
-        prefix = patch_values.new_full((patch_values.shape[0], self.num_prefix_tokens), prefix_value)
+    def _with_prefix(self, patch_values: Tensor) -> Tensor:
+        """[B,h*w] -> [B,P+h*w] with the prefix tokens set to one / True (always attendable, full weight)."""
+        # new_ones, not new_full(..., True): TorchScript's tracer cannot record new_full with a bool fill
+        prefix = patch_values.new_ones((patch_values.shape[0], self.num_prefix_tokens))
         return torch.cat([prefix, patch_values], dim=1)
 
     # Each path returns the final-norm class token [B,D] (the first prefix token).
     def _forward_dense(self, tokens: Tensor, hard_mask: Tensor) -> Tensor:
-        key_mask = self._with_prefix(hard_mask.bool(), True)[:, None, None, :]  # [B,1,1,N], True = attend
+        key_mask = self._with_prefix(hard_mask.bool())[:, None, None, :]  # [B,1,1,N], True = attend
         return run_blocks(self.backbone, tokens, key_mask)[:, 0]
 
     def _forward_packed(self, tokens: Tensor, hard_mask: Tensor) -> Tensor:
         batch, num_tokens, dim = tokens.shape
-        keep = self._with_prefix(hard_mask.bool(), True)  # [B,N]
+        keep = self._with_prefix(hard_mask.bool())  # [B,N]
         kept_counts = keep.sum(dim=1)  # [B]
         # images shortest first, so that each group pads to a length close to its own images' counts
         by_length = kept_counts.argsort(stable=True)  # [B]
@@ -151,13 +152,13 @@ class MaskedViT(nn.Module):
         return torch.cat(class_tokens)[by_length.argsort()]  # [B,D], back in batch order
 
     def _forward_soft(self, tokens: Tensor, soft_mask: Tensor) -> Tensor:
-        weights = self._with_prefix(soft_mask, 1.0)  # [B,N]
+        weights = self._with_prefix(soft_mask)  # [B,N]
         bias = torch.log(weights + SOFT_MASK_EPS).to(attention_dtype(tokens))[:, None, None, :]  # [B,1,1,N]
         return run_blocks(self.backbone, tokens, bias)[:, 0]
 
     def _forward_straight_through(self, tokens: Tensor, hard_mask: Tensor, ste_mask: Tensor) -> Tensor:
-        key_keep = self._with_prefix(hard_mask.bool(), True)  # [B,N]
-        key_weight = self._with_prefix(ste_mask, 1.0)  # [B,N], value == key_keep
+        key_keep = self._with_prefix(hard_mask.bool())  # [B,N]
+        key_weight = self._with_prefix(ste_mask)  # [B,N], value == key_keep
         for block in self.backbone.blocks:
             tokens = _straight_through_block(block, tokens, key_keep, key_weight)
         return self.backbone.norm(tokens)[:, 0]

@@ -21,9 +21,10 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 from torch import Tensor
 
 from hardmask.config import BackboneSection
+from hardmask.errors import HardmaskError
 
 
-class WeightsError(RuntimeError):
+class WeightsError(HardmaskError, RuntimeError):
     """Weights could not be found or do not fit the model."""
 
 

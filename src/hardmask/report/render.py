@@ -29,8 +29,14 @@ from hardmask.evaluation.overlays import OverlaySamples
 from hardmask.evaluation.tidy import BG_GAP_SPLIT, check_columns
 from hardmask.io import atomic_dir, atomic_write_text
 from hardmask.report import figures, tables
+from hardmask.report.inputs import TrainGroups
+from hardmask.report.result import result_sentences
 
 log = logging.getLogger("hardmask.report")
+
+RARE_NOTE = (
+    f"{figures.RARE_MARK} = rare in training (a minority group: not the most frequent group of its class)"
+)
 
 
 # ----------------------------------------------------------------------------------------- blocks
@@ -46,6 +52,14 @@ class Paragraph:
 
 
 @dataclass(frozen=True)
+class Callout:
+    """A highlighted paragraph opening with a bold ``lead`` (the result at the top of the report)."""
+
+    lead: str
+    text: str
+
+
+@dataclass(frozen=True)
 class TableBlock:
     frame: pd.DataFrame
     caption: str = ""
@@ -57,7 +71,7 @@ class FigureBlock:
     caption: str
 
 
-Block = Heading | Paragraph | TableBlock | FigureBlock
+Block = Heading | Paragraph | Callout | TableBlock | FigureBlock
 
 
 def render_markdown(blocks: list[Block]) -> str:
@@ -67,6 +81,8 @@ def render_markdown(blocks: list[Block]) -> str:
             out.append(f"{'#' * block.level} {block.text}")
         elif isinstance(block, Paragraph):
             out.append(block.text)
+        elif isinstance(block, Callout):
+            out.append(f"> **{block.lead}** {block.text}")
         elif isinstance(block, TableBlock):
             out.append((f"*{block.caption}*\n\n" if block.caption else "") + tables.to_markdown(block.frame))
         else:
@@ -81,6 +97,7 @@ th, td { border: 1px solid #d0d7de; padding: 0.25em 0.6em; text-align: right; }
 th { background: #f6f8fa; }
 figure { margin: 1em 0 2em; } figure img { max-width: 100%; }
 figcaption, .caption { color: #59636e; font-style: italic; }
+.callout { border-left: 4px solid #0969da; background: #f6f8fa; padding: 0.6em 1em; font-size: 1.05em; }
 """
 
 
@@ -92,6 +109,10 @@ def render_html(blocks: list[Block], root: Path, title: str) -> str:
             body.append(f"<h{block.level}>{html.escape(block.text)}</h{block.level}>")
         elif isinstance(block, Paragraph):
             body.append(f"<p>{html.escape(block.text)}</p>")
+        elif isinstance(block, Callout):
+            body.append(
+                f'<p class="callout"><strong>{html.escape(block.lead)}</strong> {html.escape(block.text)}</p>'
+            )
         elif isinstance(block, TableBlock):
             caption = f'<p class="caption">{html.escape(block.caption)}</p>' if block.caption else ""
             body.append(
@@ -152,7 +173,9 @@ def _plots_data(eval_df: pd.DataFrame, history: pd.DataFrame) -> dict[str, pd.Da
     return {name: frame for name, frame in data.items() if not frame.empty}
 
 
-def _overview(cfg: Config, eval_df: pd.DataFrame) -> list[Block]:
+def _overview(
+    cfg: Config, eval_df: pd.DataFrame, test_predictions: Mapping[tuple[str, int], pd.DataFrame]
+) -> list[Block]:
     models = tables.model_order(eval_df["model"].unique())
     seeds = sorted(eval_df["seed"].unique())
     checkpoint = tables.primary_rows(eval_df)["checkpoint"].iloc[0]
@@ -163,6 +186,7 @@ def _overview(cfg: Config, eval_df: pd.DataFrame) -> list[Block]:
     )
     return [
         Heading("hardmask report", 1),
+        Callout("Result.", " ".join(result_sentences(eval_df, test_predictions))),
         Paragraph(
             f"Dataset {cfg.data.dataset} at {cfg.data.image_size} px; models {', '.join(models)}; "
             f"seeds {', '.join(map(str, seeds))}. Numbers are mean ± sample standard deviation over seeds "
@@ -185,18 +209,24 @@ def build_report(
     history_dfs: Mapping[tuple[str, int], pd.DataFrame],
     overlays: Mapping[str, OverlaySamples],
     selections: Mapping[tuple[str, int], str] | None = None,
+    *,
+    test_predictions: Mapping[tuple[str, int], pd.DataFrame] | None = None,
+    train_groups: TrainGroups | None = None,
 ) -> ReportPaths:
     """Write ``report.md``, ``report.html`` (if ``report.html``), figures, tables and plot data.
 
     ``history_dfs``: ``{(model, seed): history.csv}``; ``overlays``: ``{model: samples}`` (one seed each);
-    ``selections``: ``{(model, seed): intervention chosen on validation}``.
+    ``selections``: ``{(model, seed): intervention chosen on validation}``; ``test_predictions``:
+    ``{(model, seed): test images}`` for the bootstrap interval of the result; ``train_groups``: the
+    training group counts that mark rare groups. Each is optional: without it the report says less.
     """
     check_columns(eval_df)
     if eval_df.empty:
         raise ValueError("the evaluation table is empty: nothing to report (run the evaluate stage first)")
     root = Path(cfg.base.reports_dir)
     history = history_frame(history_dfs)
-    blocks: list[Block] = _overview(cfg, eval_df)
+    blocks: list[Block] = _overview(cfg, eval_df, test_predictions or {})
+    rare = train_groups.minority if train_groups else frozenset()
     figs: dict[str, tuple[Figure, str]] = {}
     csvs: dict[str, pd.DataFrame] = {}
 
@@ -213,7 +243,11 @@ def build_report(
     table("headline", headline, "test split; BG-gap from the OOD variants", show=tables.display(headline))
 
     blocks.append(Heading("Accuracy per model and split"))
-    figure("accuracy_by_model", figures.accuracy_by_model(eval_df), "test accuracy per model; dots are seeds")
+    figure(
+        "accuracy_by_model",
+        figures.accuracy_by_model(eval_df),
+        f"Test accuracy per model, average (left) and worst-group (right): {figures.SEED_POINTS_MARKS}.",
+    )
     by_split = tables.split_table(eval_df)
     table(
         "accuracy_by_split", by_split, "all evaluated splits, no intervention", show=tables.display(by_split)
@@ -225,18 +259,30 @@ def build_report(
     group_matrix = tables.group_accuracy_matrix(eval_df)
     if not group_matrix.empty:
         blocks.append(Heading("Per-group accuracy"))
-        figure("group_accuracy", figures.group_accuracy_heatmap(group_matrix), "test accuracy per group")
+        counts = train_groups.counts if train_groups else None
+        figure(
+            "group_accuracy",
+            figures.group_accuracy_heatmap(group_matrix, train_counts=counts, rare=rare),
+            f"Test accuracy per group: {figures.HEATMAP_MARKS}."
+            + (f" {RARE_NOTE}; train n = training images of the group." if train_groups else ""),
+        )
         csvs["group_accuracy"] = group_matrix
 
     if not history.empty:
         blocks.append(Heading("Training curves"))
-        figure("training_curves", figures.training_curves(history), "per epoch; band = sd over seeds")
+        figure(
+            "training_curves",
+            figures.training_curves(history),
+            f"Training history per epoch, a colour per model: {figures.LINE_MARKS}.",
+        )
 
     interventions = tables.intervention_table(eval_df)
     if not interventions.empty:
         blocks.append(Heading("Test-time interventions"))
         figure(
-            "interventions", figures.intervention_effects(eval_df), "test accuracy per intervention setting"
+            "interventions",
+            figures.intervention_effects(eval_df),
+            f"Test accuracy per intervention setting: {figures.BAR_MARKS}.",
         )
         table("interventions", interventions, "test split", show=tables.display(interventions))
         if selections:
@@ -245,20 +291,32 @@ def build_report(
     if ((eval_df["split"] == BG_GAP_SPLIT) & (eval_df["metric"] == "bg_gap")).any():
         blocks.append(Heading("Background reliance"))
         figure(
-            "bg_gap", figures.bg_gap_bars(eval_df), "BG-gap per model; near 0 = little background reliance"
+            "bg_gap",
+            figures.bg_gap_bars(eval_df),
+            f"BG-gap per model, near 0 = little background reliance: {figures.BAR_MARKS}, dots = seeds.",
         )
 
     if overlays:
         blocks.append(Heading("Part maps and hard masks"))
-        blocks.append(Paragraph("Test images per group, failures first; red titles are wrong predictions."))
+        blocks.append(
+            Paragraph(
+                "Test images of one seed, a row per group: correct predictions on the left, failures on the "
+                "right (y = label, ŷ = prediction). 'parts': the image in grey, each patch tinted and "
+                "outlined in the colour of its argmax part (the background part untinted); 'mask': the "
+                "patches the hard mask removes are dimmed. These are samples, not statistics: no error bars."
+            )
+        )
         for model in tables.model_order(list(overlays)):
             s = overlays[model]
             names = [s.group_names[g] for g in s.groups]
             fig = figures.part_overlay_grid(
-                s.images, s.part_maps, s.hard_masks, s.labels, s.preds, names, model
+                s.images, s.part_maps, s.hard_masks, s.labels, s.preds, names, model, rare=rare
             )
             figure(
-                f"overlays_{model}", fig, f"{model}: argmax part (colour) and hard mask (dimmed = removed)"
+                f"overlays_{model}",
+                fig,
+                f"{model}: argmax parts and hard mask; correct predictions left, failures right."
+                + (f" {RARE_NOTE}." if rare else ""),
             )
 
     paths = _write(root, figs, csvs, _plots_data(eval_df, history))

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from hardmask import layout
 from hardmask.config import Config, flatten
+from hardmask.errors import HardmaskError
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -48,7 +49,7 @@ MAX_METRICS_PER_BATCH = 1000
 MAX_PARAM_VALUE_CHARS = 6000
 
 
-class TrackingError(RuntimeError):
+class TrackingError(HardmaskError, RuntimeError):
     """The tracking store cannot be used as configured."""
 
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as tdist
 
+from hardmask.errors import HardmaskError
+
 log = logging.getLogger("hardmask.distributed")
 
 # Rendezvous ports derived from a job id fall in [PORT_BASE, PORT_BASE + PORT_SPAN): above the well-known and
@@ -33,7 +35,7 @@ PORT_SPAN = 20000
 GRAD_BUCKET_BYTES = 32 * 2**20
 
 
-class DistributedSetupError(RuntimeError):
+class DistributedSetupError(HardmaskError, RuntimeError):
     """The launcher's description of the job is inconsistent or cannot be honoured on this machine."""
 
 

@@ -39,6 +39,7 @@ from hardmask.checkpoint import (
     training_key,
 )
 from hardmask.config import Config, save_config
+from hardmask.console import duration
 from hardmask.data import build_dataset, make_loader
 from hardmask.io import atomic_write_json, atomic_write_text
 from hardmask.layout import RunFiles
@@ -119,28 +120,57 @@ def validate(model: nn.Module, loader: DataLoader, device: torch.device, spec: V
     return {"val_avg_acc": float((pred == label).mean()), "val_worst_group_acc": float(table["acc"].min())}
 
 
-class _Progress:
-    """tqdm on a terminal, plain periodic log lines otherwise (SLURM logs, DVC)."""
+class Progress:
+    """What a run tells a person: a tqdm bar on a terminal, otherwise (a job's log file, SLURM, DVC) a line
+    every ``every`` batches and one per epoch, each starting with the run's name (``two_stage_hard/seed0``),
+    which is how the train stage finds a job's latest line (:mod:`hardmask.cluster.job`)."""
 
-    def __init__(self, total: int, initial: int, every: int, enabled: bool) -> None:
-        self.every, self.enabled, self.t0, self.n0 = every, enabled, time.perf_counter(), initial
+    def __init__(self, name: str, *, total: int, done: int, every: int, enabled: bool) -> None:
+        self.name, self.total, self.every, self.enabled = name, total, every, enabled
+        self.start, self.done_at_start = time.perf_counter(), done
         self.bar = None
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, unit="batch", dynamic_ncols=True)
+            self.bar = tqdm(total=total, initial=done, unit="batch", desc=name, dynamic_ncols=True)
 
-    def update(self, step: int, total: int, info: dict[str, float]) -> None:
+    def eta(self, done: int) -> float:
+        """Seconds left at the pace of this process so far (validation included)."""
+        pace = (time.perf_counter() - self.start) / max(1, done - self.done_at_start)
+        return (self.total - done) * pace
+
+    def batch(self, done: int, epoch: int, epochs: int, loss: float) -> None:
         if not self.enabled:
             return
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix({k: f"{v:.3g}" for k, v in info.items()}, refresh=False)
-        elif step % self.every == 0 or step == total:
-            rate = (step - self.n0) / max(1e-9, time.perf_counter() - self.t0)
-            eta = (total - step) / max(rate, 1e-9)
-            text = " ".join(f"{k}={v:.4g}" for k, v in info.items())
-            log.info("batch %d/%d %s %.2f batch/s eta %.0fs", step, total, text, rate, eta)
+            self.bar.set_postfix({"epoch": f"{epoch + 1}/{epochs}", "loss": f"{loss:.3g}"}, refresh=False)
+        elif done % self.every == 0:
+            log.info(
+                "%s batch %d/%d (epoch %d/%d) loss %.4g, ETA %s",
+                self.name, done, self.total, epoch + 1, epochs, loss, duration(self.eta(done)),
+            )  # fmt: skip
+
+    def epoch(self, done: int, row: dict[str, Any], epochs: int, images_per_s: float) -> None:
+        """The epoch's line: loss and its terms, train and validation accuracies, throughput, ETA."""
+        if not self.enabled:
+            return
+        terms = ", ".join(
+            f"{k.removeprefix('train_')} {v:.3g}"
+            for k, v in row.items()
+            if k.startswith("train_") and k not in ("train_loss", "train_acc")
+        )
+        text = (
+            f"{self.name} epoch {row['epoch']}/{epochs}: loss {row.get('train_loss', float('nan')):.4g}"
+            f" ({terms}), train acc {row.get('train_acc', float('nan')):.3f},"
+            f" val acc {row.get('val_avg_acc', float('nan')):.3f}"
+            f" worst-group {row.get('val_worst_group_acc', float('nan')):.3f},"
+            f" {images_per_s:.0f} img/s, ETA {duration(self.eta(done))}"
+        )
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            log.info("%s", text)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -205,12 +235,9 @@ class _Run:
             restore_rng_state(ckpt["rng"][min(dist.rank, len(ckpt["rng"]) - 1)])
             state = self.trainer.state
             log.info(
-                "resumed %s from epoch %d batch %d (step %d)",
-                last,
-                state.epoch,
-                state.batch_in_epoch,
-                state.global_step,
-            )
+                "resumed %s/seed%d from epoch %d, step %d (batch %d of the epoch; %s)",
+                variant, seed, state.epoch, state.global_step, state.batch_in_epoch, last,
+            )  # fmt: skip
         else:
             torch.manual_seed(seed * 1000 + dist.rank)
         self.tracker = RunTracker.for_training(
@@ -224,17 +251,21 @@ class _Run:
         groups = self.trainer.param_groups
         self.tracker.log_params({"lr_scaling": groups.scaling_note, **groups.summary()})
         batches = self.sampler.batches_per_epoch
-        self.total_batches = batches * cfg.optim.epochs
-        self.progress = _Progress(
-            self.total_batches,
-            self.state.epoch * batches + self.state.batch_in_epoch,
-            cfg.train.log_every_steps,
-            dist.is_main,
+        self.progress = Progress(
+            f"{variant}/seed{seed}",
+            total=batches * cfg.optim.epochs,
+            done=self.batches_done,
+            every=cfg.train.log_every_steps,
+            enabled=dist.is_main,
         )
 
     @property
     def state(self) -> LoopState:
         return self.trainer.state
+
+    @property
+    def batches_done(self) -> int:
+        return self.state.epoch * self.sampler.batches_per_epoch + self.state.batch_in_epoch
 
     def save_last(self) -> None:
         """``last.pt``: the trainer's state, every rank's RNG (so that every rank can resume), the history."""
@@ -287,11 +318,7 @@ class _Run:
                     self.tracker.log_metrics(metrics, step=state.global_step)
                 if state.global_step % cfg.train.checkpoint_every_steps == 0:
                     self.save_last()
-            self.progress.update(
-                state.epoch * self.sampler.batches_per_epoch + state.batch_in_epoch,
-                self.total_batches,
-                {"loss": terms["loss"]},
-            )
+            self.progress.batch(self.batches_done, state.epoch, cfg.optim.epochs, terms["loss"])
         return time.perf_counter() - start
 
     def end_epoch(self, seconds: float) -> int:
@@ -303,18 +330,13 @@ class _Run:
         row = {"epoch": state.epoch, "step": state.global_step, **stats, "lr": trainer.lr, **val}
         self.history.append(row)  # a function of the run's inputs: no timing (that goes to MLflow only)
         if dist.is_main:
+            images_per_s = images / max(seconds, 1e-9)
             logged = {f"epoch/{k}": float(v) for k, v in row.items() if k != "epoch"}
-            logged["epoch/images_per_s"] = images / max(seconds, 1e-9)
-            self.tracker.log_metrics(logged, step=state.global_step)
+            self.tracker.log_metrics(logged | {"epoch/images_per_s": images_per_s}, step=state.global_step)
             if val["val_worst_group_acc"] > state.best_metric:
                 state.best_metric, state.best_epoch = val["val_worst_group_acc"], state.epoch
                 self.save_best(val)
-            log.info(
-                "epoch %d/%d %s",
-                state.epoch,
-                self.cfg.optim.epochs,
-                " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)),
-            )
+            self.progress.epoch(self.batches_done, row, self.cfg.optim.epochs, images_per_s)
         if dist.world_size > 1:  # best-metric decisions are rank 0's; share them so every rank saves alike
             shared = [asdict(state)]
             torch.distributed.broadcast_object_list(shared, src=0)

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from hardmask.config import Config
+from hardmask.errors import HardmaskError
 from hardmask.losses import Criterion
 from hardmask.models import get_variant
 from hardmask.runtime import autocast
@@ -29,7 +30,7 @@ from hardmask.training.distributed import DistContext, all_reduce_grads
 from hardmask.training.optim import ParamGroups, build_optimizer, build_param_groups
 
 
-class TrainingError(RuntimeError):
+class TrainingError(HardmaskError, RuntimeError):
     """Training cannot go on (non-finite loss, unusable output directory, ...)."""
 
 
