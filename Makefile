@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.hardmask-installed
 PYTEST_ARGS ?=
 
-.PHONY: repro test test-all lint env clean-env mlflow-ui bench params
+.PHONY: repro test test-all lint env clean-env mlflow-ui bench params study
 
 env: $(STAMP)
 
@@ -37,6 +37,11 @@ bench: $(STAMP)
 
 mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
+
+# The opt-in study: the paper's comparison and ablation tables and a robustness grid, as queued DVC
+# experiments (reports/study.md). About an hour on an idle 2-core machine.
+study: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m hardmask.study run
 
 clean-env:
 	rm -rf $(VENV)

@@ -15,16 +15,7 @@ from hardmask.report.render import build_report  # noqa: E402
 
 def main() -> None:
     cfg, _ = stage_cli(__doc__)
-    inputs = load_report_inputs(cfg)
-    paths = build_report(
-        cfg,
-        inputs.eval_df,
-        inputs.histories,
-        inputs.overlays,
-        inputs.selections,
-        test_predictions=inputs.test_predictions,
-        train_groups=inputs.train_groups,
-    )
+    paths = build_report(cfg, load_report_inputs(cfg))
     logging.getLogger("hardmask.report").info("wrote %s", paths.html or paths.markdown)
 
 

@@ -69,6 +69,7 @@ TINY_OVERRIDES = {
         "log_every_steps": 1,
     },
     "cluster": {"executor": "debug"},
+    "evaluate": {"workers": 1},  # in-process, where the tests' fakes are; the end-to-end test runs two
 }
 
 

@@ -20,7 +20,7 @@ LAYERS = {
     1: {"data", "models", "losses", "tracking"},
     2: {"training", "evaluation"},
     3: {"cluster", "report", "bench", "predict", "export"},
-    4: {"cli"},
+    4: {"cli", "study"},
 }
 LAYER_OF = {unit: layer for layer, units in LAYERS.items() for unit in units}
 SIBLINGS_APART = ({"data", "models", "losses"}, {"training", "evaluation"})

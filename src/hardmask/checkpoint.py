@@ -84,6 +84,7 @@ RESUME_INDEPENDENT_KEYS = (
     "data.loader.num_workers",  # augmentation randomness depends on (seed, epoch, index) only
     "data.loader.eval_batch_size",
     "data.loader.pin_memory",
+    "data.loader.cache_mb",
     "train",
     "cluster",
     "tracking",

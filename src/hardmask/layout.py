@@ -136,6 +136,11 @@ def eval_table(cfg: Config) -> Path:
     return eval_root(cfg) / "eval.csv"
 
 
+def eval_variants(cfg: Config) -> Path:
+    """What each evaluated variant is, for the report (which reads no model code)."""
+    return eval_root(cfg) / "variants.json"
+
+
 def eval_summary(cfg: Config) -> Path:
     """Every metric of every split and intervention, mean/std/n over seeds (hardmask.evaluation.tidy)."""
     return eval_root(cfg) / "summary.json"

@@ -47,6 +47,23 @@ def test_sample_contract_on_generated_data(tmp_path, synthetic_root):
     assert batch["has_mask"].dtype == torch.bool
 
 
+def test_dropped_masks_leave_the_augmented_images_unchanged(tmp_path, synthetic_root):
+    cfg = _synthetic_cfg(tmp_path, synthetic_root)
+    full = build_dataset(cfg, "train", train=True)
+    maskless = build_dataset(cfg, "train", train=True).drop_masks()
+    assert full.has_masks and not maskless.has_masks
+    for index in range(40):  # the augmentation's draws do not depend on which targets it moves
+        full.transform.set_random_seed(index)
+        maskless.transform.set_random_seed(index)
+        with_masks, without = full[index], maskless[index]
+        assert torch.equal(with_masks["image"], without["image"]), index
+        assert with_masks["fg_mask"].sum() > 0 and with_masks["has_mask"].item() is True
+        assert without["has_mask"].item() is False
+        assert without["fg_mask"].sum() == 0 and without["parts"].sum() == 0
+        assert set(without) == SAMPLE_KEYS and without["fg_mask"].dtype == torch.float32
+        assert without["parts"].dtype == torch.int64 and without["fg_mask"].shape == (32, 32)
+
+
 def test_arrays_and_group_counts_agree_with_metadata(synthetic_root):
     meta = pd.read_csv(synthetic_root / "metadata.csv")
     train = WaterbirdsDataset(synthetic_root, "train")

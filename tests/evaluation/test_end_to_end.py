@@ -25,7 +25,7 @@ def test_evaluate_and_report_stages_on_trained_runs(tmp_path):
         tmp_path,
         train={"variants": ["baseline_vit", "two_stage_hard", "oracle_mask"], "seeds": [0]},
         optim={"epochs": 1},
-        evaluate={"remove_parts": [1]},
+        evaluate={"remove_parts": [1], "workers": 2},
     )
     generate_synthetic(cfg.data.synthetic, cfg.data_root, seed=cfg.base.seed)
     for variant in cfg.train.variants:
@@ -44,6 +44,12 @@ def test_evaluate_and_report_stages_on_trained_runs(tmp_path):
         )
 
     reports = Path(cfg.base.reports_dir)
+    # the stage evaluated the runs in two processes: the same table as one process evaluating them in turn
+    from hardmask.evaluation.runner import evaluate_all
+
+    one_process = cfg.evaluate.model_copy(update={"workers": 1})
+    in_turn = evaluate_all(cfg.model_copy(update={"evaluate": one_process}))
+    assert in_turn.to_csv(index=False) == (reports / "eval" / "eval.csv").read_text()
     table = pd.read_csv(reports / "eval" / "eval.csv")
     assert set(table["model"]) == set(cfg.train.variants)
     assert {"val", "test", "only_fg", "mixed_rand", "mixed_same", "only_bg", "mixed_same-mixed_rand"} <= set(

@@ -108,7 +108,7 @@ def test_gradients_reach_stage1_and_stage2():
 def test_errors_name_the_problem():
     with pytest.raises(ValueError, match=r"unknown loss groups \['classification'\]"):
         Criterion(PAPER.loss, ("classification",), "vit")
-    with pytest.raises(ValueError, match="has no stage1_logits"):
+    with pytest.raises(ValueError, match="no stage1_logits"):
         criterion_of("two_stage_hard")(
             tiny_model().train(), images(4), LABELS, ModelOutput(torch.zeros(4, 3))
         )

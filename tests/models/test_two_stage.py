@@ -39,21 +39,22 @@ def test_every_variant_builds_and_returns_its_fields(variant):
     fg[:, :16] = 1
     out = model(images(2), fg_mask=fg)
     assert out.logits.shape == (2, NUM_CLASSES) and torch.isfinite(out.logits).all()
-    has_parts = variant != "baseline_vit" and variant != "oracle_mask"
-    assert (out.part_maps is not None) == has_parts
-    assert (out.hard_mask is not None) == (variant != "baseline_vit")
+    spec = VARIANTS[variant]
+    assert (out.part_maps is not None) == spec.has_parts
+    assert (out.hard_mask is not None) == (spec.has_parts or spec.takes_fg_mask)
     if variant == "stage1_only":
         assert torch.equal(out.logits, out.stage1_logits)
-    if variant == "oracle_mask":  # top half of the image is foreground
+    if spec.takes_fg_mask:  # top half of the image is foreground
         assert (
             out.hard_mask.view(2, GRID, GRID)[:, :2].all()
             and not out.hard_mask.view(2, GRID, GRID)[:, 2:].any()
         )
 
 
-def test_oracle_needs_the_ground_truth_mask():
-    with pytest.raises(ValueError, match="needs the ground-truth pixel mask"):
-        tiny_model("oracle_mask")(images(1))
+@pytest.mark.parametrize("variant", [v for v, spec in VARIANTS.items() if spec.takes_fg_mask])
+def test_oracles_need_the_ground_truth_mask(variant):
+    with pytest.raises(ValueError, match=f"{variant}: the model needs the ground-truth pixel mask"):
+        tiny_model(variant)(images(1))
 
 
 def test_soft_variant_attends_through_the_soft_mask():

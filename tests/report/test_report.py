@@ -13,7 +13,9 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from hardmask.models import describe_variants
 from hardmask.report import figures, render, tables
+from hardmask.report.inputs import ReportInputs
 
 from .fake_eval import (
     GROUPS,
@@ -39,10 +41,20 @@ def logged(monkeypatch) -> list[render.ReportPaths]:
 def test_report_writes_markdown_html_figures_tables_and_plots(tiny_cfg, logged):
     overlays = {"two_stage_hard": fake_overlays(), "oracle_mask": fake_overlays()}
     selections = {("two_stage_hard", s): "drop_part_1" for s in SEEDS}
-    paths = render.build_report(tiny_cfg, fake_eval_df(), fake_histories(), overlays, selections)
+    paths = render.build_report(
+        tiny_cfg,
+        ReportInputs(
+            fake_eval_df(), fake_histories(), overlays, selections, variants=describe_variants(MODELS)
+        ),
+    )
     root = Path(tiny_cfg.base.reports_dir)
 
     markdown = (root / "report.md").read_text()
+    # what each row is, and which rows saw more than image labels
+    assert (
+        "## Models" in markdown
+        and "| oracle_mask | stage 2 given the ground-truth foreground mask" in markdown
+    )
     linked = re.findall(r"!\[[^\]]*\]\((figures/[^)]+\.png)\)", markdown)
     expected = {
         "accuracy_by_model",
@@ -71,6 +83,7 @@ def test_report_writes_markdown_html_figures_tables_and_plots(tiny_cfg, logged):
         "group_accuracy",
         "interventions",
         "selected_interventions",
+        "models",
     } == set(paths.tables)
     assert {"accuracy", "bg_gap", "training_curves"} == set(paths.plots)  # what dvc.yaml plots
     for path in [*paths.tables.values(), *paths.plots.values()]:
@@ -264,11 +277,14 @@ def test_report_states_the_result_first_and_captions_say_what_the_marks_are(tiny
     overlays = {"two_stage_hard": fake_overlays()}
     render.build_report(
         tiny_cfg,
-        fake_eval_df(),
-        fake_histories(),
-        overlays,
-        test_predictions=fake_test_predictions(),
-        train_groups=fake_train_groups(),
+        ReportInputs(
+            fake_eval_df(),
+            fake_histories(),
+            overlays,
+            {},
+            test_predictions=fake_test_predictions(),
+            train_groups=fake_train_groups(),
+        ),
     )
     root = Path(tiny_cfg.base.reports_dir)
     markdown, page = (root / "report.md").read_text(), (root / "report.html").read_text()
@@ -301,7 +317,7 @@ def test_report_states_the_result_first_and_captions_say_what_the_marks_are(tiny
 def test_empty_evaluation_is_an_error(tiny_cfg, logged):
     empty = fake_eval_df().iloc[:0]
     with pytest.raises(ValueError, match="evaluation table is empty"):
-        render.build_report(tiny_cfg, empty, {}, {})
+        render.build_report(tiny_cfg, ReportInputs(empty, {}, {}, {}))
 
 
 def test_markdown_table_escapes_pipes_and_formats_floats():
@@ -318,7 +334,7 @@ def test_report_is_logged_to_mlflow(tiny_cfg, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    paths = render.build_report(tiny_cfg, fake_eval_df(), {}, {})
+    paths = render.build_report(tiny_cfg, ReportInputs(fake_eval_df(), {}, {}, {}))
     client = MlflowClient(tracking_uri=tiny_cfg.tracking.uri)
     experiment = client.get_experiment_by_name(tiny_cfg.tracking.experiment)
     (run,) = client.search_runs([experiment.experiment_id], "tags.kind = 'report'")

@@ -184,3 +184,34 @@ def test_saved_config_round_trips(tmp_path):
     train(cfg, "baseline_vit", 0, run_dir)
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["optim"]["epochs"] == 1 and saved["data"]["image_size"] == 32
+
+
+@pytest.mark.parametrize("variant", ["late_mask_oracle", "group_dro", "linear_probe"])
+def test_comparison_variants_train_on_tiny_data(tmp_path, variant):
+    cfg = _prepared(tmp_path, optim={"epochs": 1})
+    run_dir = tmp_path / variant
+    torch.manual_seed(0)
+    result = train(cfg, variant, 0, run_dir)
+    assert result.steps == 128 // 16 and 0.0 <= result.best_val_worst_group_acc <= 1.0
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    if variant == "group_dro":  # the group weights are part of the state a resume continues from
+        weights = ckpt["criterion"]["group_dro"]["weights"]
+        assert weights.shape == (4,) and torch.isclose(weights.sum(), weights.new_tensor(1.0))
+    if variant == "linear_probe":  # the backbone is exactly the initial one: only the head trained
+        from hardmask.models import build_model
+        from hardmask.runtime import seed_everything
+
+        seed_everything(0)
+        initial = build_model(variant, cfg.model, num_classes=2, image_size=cfg.data.image_size).state_dict()
+        for key, value in ckpt["model"].items():
+            assert torch.equal(value, initial[key]) == key.startswith("backbone."), key
+
+
+def test_an_oracle_without_ground_truth_masks_is_refused_before_training(tmp_path):
+    from tests.data.conftest import make_waterbirds_folder
+
+    root = make_waterbirds_folder(tmp_path / "wb", with_segmentations=False)
+    cfg = make_tiny_config(tmp_path, data={"dataset": "waterbirds", "root": str(root)})
+    with pytest.raises(TrainingError, match=r"oracle_mask takes the ground-truth .*data.mask_dir"):
+        train(cfg, "oracle_mask", 0, tmp_path / "r")
+    assert not list((tmp_path / "r").rglob("*.pt"))  # refused before the first step

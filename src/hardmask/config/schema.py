@@ -67,6 +67,11 @@ class LoaderSection(Section):
     eval_batch_size: int = Field(ge=1)
     num_workers: int = Field(ge=0)
     pin_memory: bool
+    cache_mb: float = Field(
+        ge=0,
+        description="Decoded image and mask files a process keeps in memory (0 = none): an epoch, or the "
+        "evaluation of the next run, then decodes nothing again. Results do not depend on it.",
+    )
 
 
 class DataSection(Section):
@@ -146,6 +151,9 @@ class LossSection(Section):
     eq_degrees: float = Field(ge=0, le=180)
     eq_translate: float = Field(ge=0, le=0.5)
     eq_scale: tuple[float, float]
+    group_dro_step_size: float = Field(
+        gt=0, description="Step size eta of the group weights of the group_dro variant (Sagawa et al.: 0.01)."
+    )
 
 
 # --------------------------------------------------------------------------------------------------- optim
@@ -238,6 +246,7 @@ class EvaluateSection(Section):
     default_threshold_quantile: float = Field(gt=0, lt=1)
     leave_one_part_out: bool
     remove_parts: tuple[int, ...] = Field(description="Part ids to remove in a user intervention.")
+    workers: int = Field(ge=1, description="Runs evaluated at once, by as many processes.")
 
 
 class ReportSection(Section):

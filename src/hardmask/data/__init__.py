@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hardmask.config import Config
-from hardmask.data.common import DataError, GroupedImageDataset, ImageRecords
+from hardmask.data.common import DECODED, DataError, GroupedImageDataset, ImageRecords
 from hardmask.data.cub import CUBDataset, resolve_cub_root
 from hardmask.data.download import download, ensure_dataset, extract_archive
 from hardmask.data.groups import GroupSpec
@@ -78,6 +78,7 @@ def build_dataset(
     ImageNet-1k training split of ``<base.data_dir>/imagenet``). ``mean``/``std``: the model's normalisation.
     """
     data, root, name = cfg.data, cfg.data_root, cfg.data.dataset
+    DECODED.resize(data.loader.cache_mb)
     if train:
         transform = build_train_transform(data.image_size, data.augment, mean, std)
     else:

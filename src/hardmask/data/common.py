@@ -132,6 +132,38 @@ def mask_file(root: Path, relative_image: str) -> Path:
     return root / Path(relative_image).with_suffix(".png")
 
 
+class DecodedFiles:
+    """Decoded image and mask files kept in memory, up to ``budget_mb``: an epoch, or an evaluation of another
+    run in the same process, reads each file from disk and decodes it once. Filled in the order files are
+    first read and never evicted (every consumer sweeps whole splits); a file that no longer fits is decoded
+    again. The arrays are returned as stored: callers must not write into them (the transforms make new
+    ones)."""
+
+    def __init__(self, budget_mb: float = 0.0) -> None:
+        self.budget = int(budget_mb * 2**20)
+        self.used = 0
+        self._arrays: dict[tuple[Path, str], np.ndarray] = {}
+
+    def resize(self, budget_mb: float) -> None:
+        """Allow up to ``budget_mb`` from now on (what is held stays)."""
+        self.budget = int(budget_mb * 2**20)
+
+    def get(self, path: Path, kind: str, decode: Callable[[], np.ndarray]) -> np.ndarray:
+        key = (path, kind)
+        array = self._arrays.get(key)
+        if array is None:
+            array = decode()
+            if self.used + array.nbytes <= self.budget:
+                self._arrays[key] = array
+                self.used += array.nbytes
+        return array
+
+
+# One per process: the train split's files are shared by the epochs of a job, the evaluation splits by every
+# run the evaluate stage evaluates. Sized by data.loader.cache_mb (hardmask.data.build_dataset).
+DECODED = DecodedFiles()
+
+
 class GroupedImageDataset(Dataset):
     """Serves :class:`ImageRecords` as sample dicts; ``transform`` is an albumentations ``Compose``.
 
@@ -156,6 +188,7 @@ class GroupedImageDataset(Dataset):
         self.labels = records.labels.astype(np.int64)
         self.places = records.places.astype(np.int64)
         self.groups = np.asarray(group_spec.group_of(self.labels, self.places), dtype=np.int64)
+        self._masks_dropped = False
         if records.mask_root is not None:
             missing = [f for f in records.files if not mask_file(records.mask_root, f).is_file()]
             if missing:
@@ -175,7 +208,15 @@ class GroupedImageDataset(Dataset):
 
     @property
     def has_masks(self) -> bool:
-        return self.records.mask_root is not None
+        """Whether samples carry ground-truth masks (the dataset has them and they were not dropped)."""
+        return self.records.mask_root is not None and not self._masks_dropped
+
+    def drop_masks(self) -> GroupedImageDataset:
+        """Serve no ground-truth masks (``fg_mask``/``parts`` zeros, ``has_mask`` false) to a consumer that
+        never reads them: reading and warping two masks per image cost a third of a training job's data time.
+        The images are unchanged: the augmentation draws its parameters independently of its targets."""
+        self._masks_dropped = True
+        return self
 
     def image_path(self, index: int) -> Path:
         return self.records.image_root / self.records.files[index]
@@ -195,21 +236,31 @@ class GroupedImageDataset(Dataset):
         if rec.mask_root is None:
             zeros = np.zeros(size_hw, dtype=np.uint8)
             return zeros, zeros
-        fg = read_label_mask(mask_file(rec.mask_root, rec.files[index]), size_hw, binary=True)
+        fg_path = mask_file(rec.mask_root, rec.files[index])
+        fg = DECODED.get(fg_path, "fg", lambda: read_label_mask(fg_path, size_hw, binary=True))
         if rec.part_root is None:
-            return fg, fg.copy()  # no part annotation: the whole object is part 1
-        parts = read_label_mask(mask_file(rec.part_root, rec.files[index]), size_hw, binary=False)
+            return fg, fg  # no part annotation: the whole object is part 1
+        parts_path = mask_file(rec.part_root, rec.files[index])
+        parts = DECODED.get(parts_path, "parts", lambda: read_label_mask(parts_path, size_hw, binary=False))
         return fg, parts
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image = read_rgb(self.image_path(index))
-        fg, parts = self.read_masks(index, image.shape[:2])
+        path = self.image_path(index)
+        image = DECODED.get(path, "rgb", lambda: read_rgb(path))
+        masks = {}
+        if self.has_masks:
+            fg, parts = self.read_masks(index, image.shape[:2])
+            masks = {"mask": fg, "parts": parts}
         if self.transform is not None:
-            out = self.transform(image=image, mask=fg, parts=parts)
-            image_t, fg_t, parts_t = out["image"], out["mask"], out["parts"]
-        else:
-            image_t = torch.from_numpy(image).permute(2, 0, 1).float().div_(255)
-            fg_t, parts_t = torch.from_numpy(fg), torch.from_numpy(parts)
+            out = self.transform(image=image, **masks)
+            image_t = out["image"]
+        else:  # copies: the decoded arrays are shared (DECODED)
+            image_t = torch.tensor(image).permute(2, 0, 1).float().div_(255)
+            out = {name: torch.tensor(array) for name, array in masks.items()}
+        if masks:
+            fg_t, parts_t = out["mask"], out["parts"]
+        else:  # the sample format keeps the keys; has_mask says they hold nothing
+            fg_t = parts_t = torch.zeros(image_t.shape[-2:], dtype=torch.uint8)
         return {
             "image": image_t.float(),  # [3, H, W]
             "label": torch.tensor(self.labels[index], dtype=torch.int64),

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from hardmask.config import LossSection
 from hardmask.losses.classification import classification_loss
 from hardmask.losses.equivariance import equivariance_loss, sample_similarity_transform, warp_images
+from hardmask.losses.group_dro import GroupDRO
 from hardmask.losses.part_priors import (
     concentration_loss,
     enforced_presence_loss,
@@ -32,6 +33,7 @@ from hardmask.runtime import autocast_disabled
 
 LOSS_GROUPS: dict[str, tuple[str, ...]] = {
     "prediction": ("classification_stage2",),  # cross-entropy of the model's prediction
+    "group_dro": ("group_dro",),  # the prediction's cross-entropy, worst training group weighted up
     "stage1": (  # the part classifier and the part-discovery priors of stage 1
         "classification_stage1",
         "presence",
@@ -46,6 +48,7 @@ LOSS_GROUPS: dict[str, tuple[str, ...]] = {
 }
 TERMS = tuple(term for terms in LOSS_GROUPS.values() for term in terms)
 CLASSIFICATION_TERMS = ("classification_stage2", "classification_stage1")
+WEIGHT_OF = {"group_dro": "classification_stage2"}  # terms weighted by another term's LossSection field
 
 
 @dataclass(frozen=True, eq=False)  # holds tensors: no field-wise == (ambiguous truth value)
@@ -55,34 +58,58 @@ class LossOutput:
 
 
 class Criterion:
-    """``groups``: the keys of :data:`LOSS_GROUPS` that apply (``Variant.losses``), in order; ``name`` labels
-    error messages."""
+    """``losses``: the keys of :data:`LOSS_GROUPS` that apply (``Variant.losses``), in order; ``name`` labels
+    error messages; ``num_groups``: the training split's groups, for ``group_dro``."""
 
-    def __init__(self, loss_cfg: LossSection, groups: Sequence[str], name: str = "model") -> None:
-        unknown = sorted(set(groups) - set(LOSS_GROUPS))
+    def __init__(
+        self, loss_cfg: LossSection, losses: Sequence[str], name: str = "model", num_groups: int | None = None
+    ) -> None:
+        unknown = sorted(set(losses) - set(LOSS_GROUPS))
         if unknown:
             raise ValueError(
                 f"Criterion({name}): unknown loss groups {unknown}; expected some of {list(LOSS_GROUPS)}"
             )
         self.cfg = loss_cfg
         self.name = name
-        terms = [term for group in groups for term in LOSS_GROUPS[group]]
-        self.weights = {term: float(getattr(loss_cfg, term)) for term in terms}
+        terms = [term for group in losses for term in LOSS_GROUPS[group]]
+        self.weights = {term: float(getattr(loss_cfg, WEIGHT_OF.get(term, term))) for term in terms}
         self.weights = {term: weight for term, weight in self.weights.items() if weight > 0}
+        self.group_dro = None
+        if "group_dro" in self.weights:
+            if num_groups is None:
+                raise ValueError(f"Criterion({name}): group_dro needs the number of training groups")
+            self.group_dro = GroupDRO(num_groups, loss_cfg.group_dro_step_size)
 
-    def __call__(self, model: nn.Module, images: Tensor, labels: Tensor, output: Any) -> LossOutput:
-        """The losses of ``output``, the ``hardmask.models.ModelOutput`` of ``model(images)``."""
+    def __call__(
+        self, model: nn.Module, images: Tensor, labels: Tensor, output: Any, groups: Tensor | None = None
+    ) -> LossOutput:
+        """The losses of ``output``, the ``hardmask.models.ModelOutput`` of ``model(images)``; ``groups``
+        [B]: the images' group labels (only ``group_dro`` reads them)."""
         names = [n for n in self.weights if model.training or n in CLASSIFICATION_TERMS]
-        terms = {name: self._term(name, model, images, labels, output) for name in names}
+        terms = {name: self._term(name, model, images, labels, output, groups) for name in names}
         if not terms:
             raise ValueError(f"Criterion({self.name}): every loss weight is 0, nothing to train")
         total = sum(self.weights[name] * value for name, value in terms.items())
         return LossOutput(total=total, terms={name: value.detach() for name, value in terms.items()})
 
-    def _term(self, name: str, model: nn.Module, images: Tensor, labels: Tensor, output: Any) -> Tensor:
+    def state_dict(self) -> dict[str, Any]:
+        """What the criterion learns across steps (the group weights of ``group_dro``), for checkpoints."""
+        return {"group_dro": self.group_dro.state_dict()} if self.group_dro is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.group_dro is not None:
+            self.group_dro.load_state_dict(state["group_dro"])
+
+    def _term(
+        self, name: str, model: nn.Module, images: Tensor, labels: Tensor, output: Any, groups: Tensor | None
+    ) -> Tensor:
         smoothing = self.cfg.label_smoothing
         if name == "classification_stage2":
             return classification_loss(output.logits, labels, smoothing)
+        if name == "group_dro":
+            return self.group_dro(
+                output.logits, labels, _required(groups, "group labels", self.name), smoothing
+            )
         if name == "classification_stage1":
             return classification_loss(
                 _required(output.stage1_logits, "stage1_logits", self.name), labels, smoothing
@@ -116,5 +143,7 @@ class Criterion:
 
 def _required(value: Tensor | None, field: str, variant: str) -> Tensor:
     if value is None:
-        raise ValueError(f"Criterion({variant}): the model output has no {field}, which this loss needs")
+        raise ValueError(
+            f"Criterion({variant}): no {field} (in the model output or the batch), which this loss needs"
+        )
     return value

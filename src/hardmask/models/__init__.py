@@ -11,6 +11,7 @@ from hardmask.models.registry import (
     apply_freezing,
     build_model,
     check_variants,
+    describe_variants,
     get_variant,
 )
 from hardmask.models.stage1 import PartDiscoveryViT, PartScores, Stage1Output
@@ -22,6 +23,7 @@ __all__ = [
     "VARIANTS",
     "Variant",
     "check_variants",
+    "describe_variants",
     "get_variant",
     "BackboneError",
     "BaselineViT",

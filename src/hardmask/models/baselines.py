@@ -6,6 +6,10 @@
 - ``stage1_only``: stage 1 alone (PDiscoFormer-style part classifier); its part-classifier logits are the
   prediction.
 - ``oracle_mask``: stage 2 alone, given the ground-truth patch mask (the "GT-mask early masking" upper bound).
+- ``late_mask_oracle``: one ViT over the whole image whose final patch features are pooled over the
+  ground-truth foreground only (the authors' "late masking", ``late_mask_vit.py``): the pooled tokens are
+  foreground, but background pixels have reached them through attention in every block, which early masking
+  prevents.
 """
 
 from __future__ import annotations
@@ -80,6 +84,50 @@ class Stage1OnlyModel(Stage1Based):
         return ModelOutput.from_stage1(s1.logits, s1, mask)
 
 
+class LateMaskOracle(BaselineViT):
+    """Late masking with the ground truth: full-image features, then the mean of the foreground patch tokens
+    instead of the class token (same backbone, head and parameter roles as ``BaselineViT``).
+
+    The reference multiplies the final tokens by the mask and averages over the batch's largest kept count;
+    here each image averages over its own foreground tokens (an image without any gets zeros), which does not
+    depend on the rest of the batch.
+    """
+
+    def __init__(self, backbone: VisionTransformer, num_classes: int, patch_threshold: float = 0.5) -> None:
+        super().__init__(backbone, num_classes)
+        self.patch_threshold = patch_threshold
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return tuple(self.backbone.patch_embed.grid_size)
+
+    def forward(
+        self, images: Tensor, fg_mask: Tensor | None = None, interventions: Interventions | None = None
+    ) -> ModelOutput:
+        del interventions
+        mask = _ground_truth_patches(self.backbone, images, fg_mask, self.patch_threshold, "late_mask_oracle")
+        tokens = self.backbone.forward_features(images)[:, self.backbone.num_prefix_tokens :]  # [B,N,D]
+        weights = mask.to(tokens.dtype)[..., None]  # [B,N,1]
+        pooled = (tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # [B,D]
+        return ModelOutput(logits=self.head(self.fc_norm(pooled)), hard_mask=mask)
+
+
+def _ground_truth_patches(
+    vit: VisionTransformer, images: Tensor, fg_mask: Tensor | None, threshold: float, variant: str
+) -> Tensor:
+    """The ground-truth patch mask [B,h*w] of ``fg_mask`` [B,H,W], checked against ``images`` [B,3,H,W]."""
+    if fg_mask is None:
+        raise ValueError(
+            f"{variant}: the model needs the ground-truth pixel mask: call model(images, fg_mask=...)"
+        )
+    if fg_mask.shape[-2:] != images.shape[-2:]:
+        raise ValueError(
+            f"{variant}: fg_mask of shape {tuple(fg_mask.shape)} does not match images of shape "
+            f"{tuple(images.shape)}"
+        )
+    return oracle_patch_mask(fg_mask, tuple(vit.patch_embed.patch_size), threshold)
+
+
 class OracleMaskModel(nn.Module):
     """Stage 2 given the ground truth: a patch is foreground when ``>= patch_threshold`` of its pixels are."""
 
@@ -99,16 +147,8 @@ class OracleMaskModel(nn.Module):
         self, images: Tensor, fg_mask: Tensor | None = None, interventions: Interventions | None = None
     ) -> ModelOutput:
         del interventions
-        if fg_mask is None:
-            raise ValueError(
-                "oracle_mask: the model needs the ground-truth pixel mask: call model(images, fg_mask=...)"
-            )
-        if fg_mask.shape[-2:] != images.shape[-2:]:
-            raise ValueError(
-                f"oracle_mask: fg_mask of shape {tuple(fg_mask.shape)} does not match "
-                f"images of shape {tuple(images.shape)}"
-            )
-        patch_size = tuple(self.stage2.backbone.patch_embed.patch_size)
-        mask = oracle_patch_mask(fg_mask, patch_size, self.patch_threshold)  # [B,h*w]
+        mask = _ground_truth_patches(
+            self.stage2.backbone, images, fg_mask, self.patch_threshold, "oracle_mask"
+        )
         logits = self.stage2(images, mask)
         return ModelOutput(logits=logits, hard_mask=mask)

@@ -27,7 +27,7 @@ from torch import nn
 
 from hardmask.config import ConfigError, ModelSection
 from hardmask.models.backbone import ParamRole
-from hardmask.models.baselines import BaselineViT, OracleMaskModel, Stage1OnlyModel
+from hardmask.models.baselines import BaselineViT, LateMaskOracle, OracleMaskModel, Stage1OnlyModel
 from hardmask.models.stage1 import PartDiscoveryViT
 from hardmask.models.stage2 import MaskedViT
 from hardmask.models.two_stage import TwoStageViT
@@ -44,6 +44,8 @@ class Variant:
     has_parts: bool  # stage-1 parts: interventions, part thresholds, NMI/ARI
     takes_fg_mask: bool  # the forward pass reads the ground-truth pixel mask (``model(images, fg_mask=...)``)
     losses: tuple[str, ...]  # loss groups (hardmask.losses.LOSS_GROUPS); a term with weight 0 is skipped
+    uses_group_labels: bool = False  # training reads each image's group (label x place): reports say so
+    frozen_roles: tuple[ParamRole, ...] = ()  # always frozen, whatever the model.freeze_* flags say
 
 
 # ----------------------------------------------------------------------------------------------- builders
@@ -92,6 +94,11 @@ def _oracle(cfg: ModelSection, num_classes: int, image_size: int) -> nn.Module:
     return OracleMaskModel(_stage2(cfg, num_classes, image_size), patch_threshold=cfg.oracle_patch_threshold)
 
 
+def _late_mask(cfg: ModelSection, num_classes: int, image_size: int) -> nn.Module:
+    backbone = create_backbone(cfg.backbone, image_size, cfg.backbone.drop_path_stage2)
+    return LateMaskOracle(backbone, num_classes, patch_threshold=cfg.oracle_patch_threshold)
+
+
 # ----------------------------------------------------------------------------------------------- the table
 VARIANTS: dict[str, Variant] = {
     v.name: v
@@ -136,6 +143,32 @@ VARIANTS: dict[str, Variant] = {
             takes_fg_mask=True,
             losses=("prediction",),
         ),
+        Variant(
+            "late_mask_oracle",
+            "late masking: a ViT over the whole image, its features pooled over the ground-truth foreground",
+            _late_mask,
+            has_parts=False,
+            takes_fg_mask=True,
+            losses=("prediction",),
+        ),
+        Variant(
+            "group_dro",
+            "the single-stage ViT trained with Group DRO (uses the training group labels)",
+            _baseline,
+            has_parts=False,
+            takes_fg_mask=False,
+            losses=("group_dro",),
+            uses_group_labels=True,
+        ),
+        Variant(
+            "linear_probe",
+            "a frozen backbone and a trained head (random features from scratch, DINOv2's when pretrained)",
+            _baseline,
+            has_parts=False,
+            takes_fg_mask=False,
+            losses=("prediction",),
+            frozen_roles=("stage2_backbone", "stage2_tokens"),
+        ),
     )
 }
 
@@ -150,6 +183,18 @@ def get_variant(name: str, key: str = "variant") -> Variant:
         ) from None
 
 
+def describe_variants(names: Iterable[str]) -> dict[str, dict[str, object]]:
+    """What a report says about each variant: its summary and which extra supervision it trains with."""
+    return {
+        name: {
+            "summary": VARIANTS[name].summary,
+            "ground_truth_mask": VARIANTS[name].takes_fg_mask,
+            "group_labels": VARIANTS[name].uses_group_labels,
+        }
+        for name in names
+    }
+
+
 def check_variants(names: Iterable[str], key: str = "train.variants") -> None:
     """Every name of ``names`` is a registered variant, or a :class:`ConfigError` naming ``key``."""
     for name in names:
@@ -162,7 +207,7 @@ def build_model(variant: str, model_cfg: ModelSection, num_classes: int, image_s
     if num_classes < 1:
         raise ValueError(f"build_model: num_classes must be >= 1, got {num_classes}")
     model = spec.build(model_cfg, num_classes, image_size)
-    apply_freezing(model, model_cfg)
+    apply_freezing(model, model_cfg, spec.frozen_roles)
     return model
 
 
@@ -179,9 +224,9 @@ def frozen_roles(model_cfg: ModelSection) -> set[ParamRole]:
     return roles
 
 
-def apply_freezing(model: nn.Module, model_cfg: ModelSection) -> None:
-    """Set ``requires_grad`` from the freeze flags (see the module docstring)."""
-    frozen = frozen_roles(model_cfg)
+def apply_freezing(model: nn.Module, model_cfg: ModelSection, always: Iterable[ParamRole] = ()) -> None:
+    """Set ``requires_grad`` from the freeze flags (module docstring) and the roles ``always`` frozen."""
+    frozen = frozen_roles(model_cfg) | set(always)
     roles = model.parameter_roles()
     for name, param in model.named_parameters():
         param.requires_grad_(roles[name] not in frozen)

@@ -37,6 +37,7 @@ class ReportInputs:
     # (model, seed) -> test images without intervention (PREDICTION_COLUMNS), of the two compared models only
     test_predictions: dict[tuple[str, int], pd.DataFrame] = field(default_factory=dict)
     train_groups: TrainGroups | None = None  # from the first selection.json that records them
+    variants: dict[str, dict] = field(default_factory=dict)  # variants.json: what each model is
 
 
 def read_eval_table(path: str | Path) -> pd.DataFrame:
@@ -70,6 +71,8 @@ def load_report_inputs(cfg: Config) -> ReportInputs:
     A missing per-run file only shrinks the report (it is logged)."""
     eval_df = read_eval_table(layout.eval_table(cfg))
     inputs = ReportInputs(eval_df=eval_df, histories={}, overlays={}, selections={})
+    if layout.eval_variants(cfg).is_file():
+        inputs.variants = json.loads(layout.eval_variants(cfg).read_text())
     for variant in cfg.train.variants:
         for seed in cfg.train.seeds:
             history = layout.run_files(cfg, variant, seed).history

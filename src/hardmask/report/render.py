@@ -25,11 +25,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from hardmask.config import Config
-from hardmask.evaluation.overlays import OverlaySamples
 from hardmask.evaluation.tidy import BG_GAP_SPLIT, check_columns
 from hardmask.io import atomic_dir, atomic_write_text
 from hardmask.report import figures, tables
-from hardmask.report.inputs import TrainGroups
+from hardmask.report.inputs import ReportInputs
 from hardmask.report.result import result_sentences
 
 log = logging.getLogger("hardmask.report")
@@ -203,29 +202,18 @@ def _overview(
     ]
 
 
-def build_report(
-    cfg: Config,
-    eval_df: pd.DataFrame,
-    history_dfs: Mapping[tuple[str, int], pd.DataFrame],
-    overlays: Mapping[str, OverlaySamples],
-    selections: Mapping[tuple[str, int], str] | None = None,
-    *,
-    test_predictions: Mapping[tuple[str, int], pd.DataFrame] | None = None,
-    train_groups: TrainGroups | None = None,
-) -> ReportPaths:
-    """Write ``report.md``, ``report.html`` (if ``report.html``), figures, tables and plot data.
-
-    ``history_dfs``: ``{(model, seed): history.csv}``; ``overlays``: ``{model: samples}`` (one seed each);
-    ``selections``: ``{(model, seed): intervention chosen on validation}``; ``test_predictions``:
-    ``{(model, seed): test images}`` for the bootstrap interval of the result; ``train_groups``: the
-    training group counts that mark rare groups. Each is optional: without it the report says less.
-    """
+def build_report(cfg: Config, inputs: ReportInputs) -> ReportPaths:
+    """Write ``report.md``, ``report.html`` (if ``report.html``), figures, tables and plot data from
+    ``inputs`` (:func:`hardmask.report.inputs.load_report_inputs`). Only the evaluation table is required:
+    without the other inputs the report says less."""
+    eval_df, overlays, selections = inputs.eval_df, inputs.overlays, inputs.selections
     check_columns(eval_df)
     if eval_df.empty:
         raise ValueError("the evaluation table is empty: nothing to report (run the evaluate stage first)")
     root = Path(cfg.base.reports_dir)
-    history = history_frame(history_dfs)
-    blocks: list[Block] = _overview(cfg, eval_df, test_predictions or {})
+    history = history_frame(inputs.histories)
+    blocks: list[Block] = _overview(cfg, eval_df, inputs.test_predictions)
+    train_groups = inputs.train_groups
     rare = train_groups.minority if train_groups else frozenset()
     figs: dict[str, tuple[Figure, str]] = {}
     csvs: dict[str, pd.DataFrame] = {}
@@ -237,6 +225,10 @@ def build_report(
     def table(name: str, numeric: pd.DataFrame, caption: str, show: pd.DataFrame | None = None) -> None:
         csvs[name] = numeric
         blocks.append(TableBlock(numeric if show is None else show, caption))
+
+    if inputs.variants:
+        blocks.append(Heading("Models"))
+        table("models", tables.models_table(inputs.variants), "what each row is, and what it trains with")
 
     headline = tables.headline_table(eval_df)
     blocks.append(Heading("Headline"))

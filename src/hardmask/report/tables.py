@@ -8,7 +8,7 @@ primary checkpoint (``best`` when evaluated, else ``last``) enter the tables.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -160,3 +160,18 @@ def to_markdown(frame: pd.DataFrame, float_digits: int = 3) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in flat.itertuples(index=False)]
     return "\n".join(lines)
+
+
+def models_table(variants: Mapping[str, Mapping[str, object]]) -> pd.DataFrame:
+    """One row per model: what it is and the supervision beyond image labels it trains with (the evaluate
+    stage's ``variants.json``)."""
+    rows = [
+        {
+            "model": name,
+            "what it is": info["summary"],
+            "ground-truth masks": "yes" if info["ground_truth_mask"] else "no",
+            "training group labels": "yes" if info["group_labels"] else "no",
+        }
+        for name, info in variants.items()
+    ]
+    return pd.DataFrame(rows).set_index("model")

@@ -210,6 +210,15 @@ class _Run:
         mean, std = input_normalization(model)
         train_set = build_dataset(cfg, "train", train=True, mean=mean, std=std)
         val_set = build_dataset(cfg, "val", train=False, mean=mean, std=std)
+        if not self.spec.takes_fg_mask:  # training reads ground truth only as the oracles' input
+            train_set.drop_masks()
+            val_set.drop_masks()
+        elif not (train_set.has_masks and val_set.has_masks):
+            raise TrainingError(
+                f"{variant} takes the ground-truth foreground mask as input, but data.dataset="
+                f"{cfg.data.dataset} has no masks here: set data.mask_dir (docs/datasets.md), or drop "
+                f"{variant} from train.variants"
+            )
 
         loader = cfg.data.loader
         self.sampler = ResumableSampler(len(train_set), loader.batch_size, seed, dist.rank, dist.world_size)
@@ -225,7 +234,13 @@ class _Run:
             val_set, loader.eval_batch_size, num_workers=loader.num_workers, pin_memory=pin
         )
         self.trainer = Trainer(
-            cfg, variant, model, self.device, batches_per_epoch=self.sampler.batches_per_epoch, dist=dist
+            cfg,
+            variant,
+            model,
+            self.device,
+            batches_per_epoch=self.sampler.batches_per_epoch,
+            dist=dist,
+            num_groups=train_set.group_spec.num_groups,
         )
         self.history: list[dict[str, Any]] = []
         if self.resume_from is not None:

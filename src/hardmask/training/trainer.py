@@ -65,7 +65,8 @@ def cosine_with_warmup(total_updates: int, warmup_updates: int, min_ratio: float
 
 class Trainer:
     """The step of ``variant``'s ``model`` (already on ``device``) under ``cfg``, ``batches_per_epoch``
-    batches per epoch on each of ``dist.world_size`` ranks."""
+    batches per epoch on each of ``dist.world_size`` ranks; ``num_groups``: the training split's groups (a
+    variant that trains on group labels needs it)."""
 
     def __init__(
         self,
@@ -76,6 +77,7 @@ class Trainer:
         *,
         batches_per_epoch: int,
         dist: DistContext | None = None,
+        num_groups: int | None = None,
     ) -> None:
         self.cfg, self.model, self.device = cfg, model, device
         self.spec = get_variant(variant)
@@ -98,14 +100,14 @@ class Trainer:
             from timm.utils import ModelEmaV3
 
             self.ema = ModelEmaV3(model, decay=optim.ema_decay)
-        self.criterion = Criterion(cfg.loss, self.spec.losses, variant)
+        self.criterion = Criterion(cfg.loss, self.spec.losses, variant, num_groups=num_groups)
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         self.state = LoopState()
 
     # ------------------------------------------------------------------------------------------- the step
     def forward(self, batch: Mapping[str, Tensor]):
-        """Model output and losses of ``batch`` (keys ``image``, ``label``; ``fg_mask`` for a variant that
-        reads it; ``patch_mask`` to force stage 2's mask, for benchmarks)."""
+        """Model output and losses of ``batch`` (keys ``image``, ``label``; ``fg_mask`` and ``group`` for a
+        variant that reads them; ``patch_mask`` to force stage 2's mask, for benchmarks)."""
         images = batch["image"].to(self.device, non_blocking=True)
         labels = batch["label"].to(self.device, non_blocking=True)
         kwargs = {}
@@ -113,9 +115,10 @@ class Trainer:
             kwargs["fg_mask"] = batch["fg_mask"].to(self.device, non_blocking=True)
         if "patch_mask" in batch:
             kwargs["patch_mask"] = batch["patch_mask"].to(self.device, non_blocking=True)
+        groups = batch["group"].to(self.device) if self.spec.uses_group_labels else None
         with autocast(self.cfg.optim.amp, self.device):
             out = self.model(images, **kwargs)
-            losses = self.criterion(self.model, images, labels, out)
+            losses = self.criterion(self.model, images, labels, out, groups)
         return labels, out, losses
 
     def step(self, batch: Mapping[str, Tensor]) -> dict[str, float]:
@@ -184,6 +187,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "criterion": self.criterion.state_dict(),
             "loop": asdict(self.state),
         }
 
@@ -194,4 +198,5 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
+        self.criterion.load_state_dict(state.get("criterion", {}))
         self.state = LoopState(**state["loop"])

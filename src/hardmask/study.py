@@ -1,0 +1,370 @@
+"""The paper's comparison and ablation tables and a robustness grid on the built-in benchmark: ``make study``.
+
+Every row is a DVC experiment of the real pipeline, queued with ``dvc exp run --queue -n study-<name> -S ...``
+and run by ``dvc queue start``: DVC caches each one's runs and reports (``dvc exp apply study-<name>`` brings
+one back), and MLflow files its runs under the experiment's name. Runs that a setting shares with the default
+study (same training config) are not trained again: the baseline's run directories travel with the experiment
+and are picked up as finished. ``python -m hardmask.study report`` then reads every experiment's headline
+metrics (``dvc.api.exp_show``) and writes one table per question to ``<reports_dir>/study.md`` and
+``study.html``: mean ± sd over seeds of worst-group and average accuracy, BG-gap and fg IoU, with the default
+study's rows as the reference.
+
+    python -m hardmask.study run      # the default study (dvc repro), every missing setting, the report
+    python -m hardmask.study report    # the tables from the experiments that exist
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from hardmask.config import load_config
+from hardmask.console import configure_logging, duration
+from hardmask.errors import HardmaskError, reported_errors
+
+log = logging.getLogger("hardmask.study")
+
+PREFIX = "study-"
+REFERENCE = "default study"
+COMPARED = ["baseline_vit", "two_stage_hard", "oracle_mask"]  # the default study's variants
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One DVC experiment of the study: the question it answers, its row label and its Hydra overrides."""
+
+    name: str  # the experiment is named study-<name>
+    question: str
+    label: str
+    overrides: tuple[str, ...]
+
+    @property
+    def experiment(self) -> str:
+        return PREFIX + self.name
+
+
+def _variants(*names: str) -> str:
+    return f"train.variants=[{','.join(names)}]"
+
+
+QUESTIONS = {
+    "comparison": "The method against the baselines and the ground-truth-mask bounds",
+    "parts": "Ablation: the number of parts K",
+    "stage2": "Ablation: training stage 2, part dropout of the stage-2 mask, the equivariance pass",
+    "stage1": "Stage 1's own classifier: position-free (the default recipe) or with a position embedding",
+    "robustness": "Robustness: the built-in benchmark under other settings (not used to choose the recipe)",
+}
+# The default study's rows each question is read against; "comparison" also lends stage1_only to "stage1".
+REFERENCE_MODELS = {
+    "comparison": COMPARED,
+    "parts": ["two_stage_hard"],
+    "stage2": ["two_stage_hard"],
+    "stage1": ["two_stage_hard"],
+    "robustness": COMPARED,
+}
+METHOD_ONLY = _variants("two_stage_hard")
+TWO_SEEDS = "train.seeds=[0,1]"  # the robustness grid and the stage-1 check: 2 seeds, to fit the hour
+# What every study experiment shares: the tables read the unmodified test split, so the intervention sweep
+# (a third of a two-stage evaluation) is left out; the default study's report has it.
+COMMON = ("evaluate.threshold_quantiles=[]", "evaluate.leave_one_part_out=false")
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "comparison",
+        "comparison",
+        "all variants",
+        (
+            _variants(
+                "baseline_vit",
+                "linear_probe",
+                "group_dro",
+                "stage1_only",
+                "two_stage_soft",
+                "two_stage_hard",
+                "late_mask_oracle",
+                "oracle_mask",
+            ),
+        ),
+    ),
+    Setting("k1", "parts", "K = 1", ("model.num_parts=1", METHOD_ONLY)),
+    Setting("k2", "parts", "K = 2", ("model.num_parts=2", METHOD_ONLY)),
+    Setting("k8", "parts", "K = 8", ("model.num_parts=8", METHOD_ONLY)),
+    Setting("frozen-stage2", "stage2", "stage 2 frozen", ("model.freeze_stage2=true", METHOD_ONLY)),
+    Setting("dropout0", "stage2", "stage-2 part dropout 0", ("model.part_dropout_stage2=0.0", METHOD_ONLY)),
+    Setting("equivariance", "stage2", "with the equivariance pass", ("loss.equivariance=1.0", METHOD_ONLY)),
+    Setting(
+        "stage1-positions",
+        "stage1",
+        "stage 1 with a position embedding",
+        ("model.stage1_position_free=false", _variants("stage1_only", "two_stage_hard"), TWO_SEEDS),
+    ),
+    Setting("data-seed1", "robustness", "another data seed", ("base.seed=1", TWO_SEEDS)),
+    Setting(
+        "align095",
+        "robustness",
+        "alignment 0.95 (Waterbirds')",
+        ("data.synthetic.spurious_prob=0.95", TWO_SEEDS),
+    ),
+    Setting(
+        "small-objects",
+        "robustness",
+        "smaller objects (0.5-0.65)",
+        ("data.synthetic.object_scale=[0.5,0.65]", TWO_SEEDS),
+    ),
+    Setting(  # the same objects in pixels of a patch as at the default size: a finer grid for the mask
+        "small-objects-96px",
+        "robustness",
+        "smaller objects, 96 px images",
+        (
+            "data.synthetic.object_scale=[0.5,0.65]",
+            "data.synthetic.image_size=96",
+            "data.image_size=96",
+            _variants("two_stage_hard", "oracle_mask"),
+            TWO_SEEDS,
+        ),
+    ),
+    Setting(
+        "3x3",
+        "robustness",
+        "3 classes x 3 places",
+        ("data.synthetic.n_classes=3", "data.synthetic.n_places=3", TWO_SEEDS),
+    ),
+)
+COLUMNS = (  # (title, key in a headline metrics file, has an sd)
+    ("worst-group acc", "test.worst_group_acc", True),
+    ("avg acc", "test.avg_acc", True),
+    ("BG-gap", "bg_gap", True),
+    ("fg IoU", "test.fg_iou", True),
+    ("val worst-group", "val.worst_group_acc", False),
+    ("seeds", "seeds", False),
+)
+MARGIN = 0.15  # the method's worst-group margin over the baseline that the robustness section checks
+
+
+# ------------------------------------------------------------------------------------------------ running
+def _dvc(*args: str, capture: bool = False) -> str:
+    dvc = Path(sys.executable).parent / "dvc"
+    command = [str(dvc if dvc.exists() else "dvc"), *args]
+    proc = subprocess.run(command, capture_output=capture, text=True)
+    if proc.returncode != 0:
+        detail = f": {proc.stderr.strip()[-2000:]}" if capture else " (see its output above)"
+        raise HardmaskError(f"`{' '.join(command[1:])}` failed{detail}")
+    return proc.stdout if capture else ""
+
+
+def existing_experiments() -> set[str]:
+    return set(_dvc("exp", "list", "--name-only", capture=True).split())
+
+
+def run(settings: Sequence[Setting], jobs: int = 1) -> float:
+    """The default study, then every setting not run yet, through DVC's queue; returns the wall seconds."""
+    start = time.perf_counter()
+    log.info("the default study (the reference rows): dvc repro")
+    _dvc("repro")
+    done = existing_experiments()
+    todo = [s for s in settings if s.experiment not in done]
+    for setting in settings:
+        if setting.experiment in done:
+            log.info("%s: exists (dvc exp remove %s to run it again)", setting.experiment, setting.experiment)
+    for setting in todo:
+        args = [arg for override in (*COMMON, *setting.overrides) for arg in ("-S", override)]
+        # up to evaluate: the tables read the metrics, and `dvc exp apply` + `dvc repro` makes the report
+        _dvc("exp", "run", "--queue", "-n", setting.experiment, *args, "evaluate", capture=True)
+        log.info("queued %s: %s", setting.experiment, " ".join(setting.overrides))
+    if todo:
+        _dvc("queue", "start", "-j", str(jobs), capture=True)
+        _wait_for_queue(len(todo), start)
+    return time.perf_counter() - start
+
+
+def _wait_for_queue(total: int, start: float, poll_s: float = 30.0) -> None:
+    while True:
+        status = _dvc("queue", "status", capture=True)
+        waiting = sum(word in line for line in status.splitlines() for word in ("Queued", "Running"))
+        failed = [line.split()[1] for line in status.splitlines() if "Failed" in line and line.split()]
+        log.info(
+            "study: %d of %d experiments done, %s elapsed",
+            total - waiting,
+            total,
+            duration(time.perf_counter() - start),
+        )
+        if not waiting:
+            break
+        time.sleep(poll_s)
+    if failed:
+        raise HardmaskError(f"study experiments failed: {failed}; `dvc queue logs <name>` shows why")
+
+
+# ------------------------------------------------------------------------------------------------ tables
+def collect(settings: Sequence[Setting]) -> pd.DataFrame:
+    """One row per (setting, model) with the headline columns: the workspace (the default study) and every
+    study experiment that exists, from ``dvc.api.exp_show``."""
+    import dvc.api
+
+    wanted = {s.experiment: s for s in settings}
+    rows = []
+    for exp in dvc.api.exp_show():
+        name = exp.get("Experiment") or ""
+        setting = wanted.get(name)
+        if exp.get("rev") == "workspace":
+            label, question = REFERENCE, None
+        elif setting is not None:
+            label, question = setting.label, setting.question
+        else:
+            continue
+        for model, values in _models_of(exp).items():
+            rows.append({"setting": label, "question": question, "model": model, **values})
+    return pd.DataFrame(rows)
+
+
+def _models_of(exp: dict) -> dict[str, dict[str, float]]:
+    """``{model: {headline key: value}}`` from the flat columns ``reports/metrics/<model>.json:<key>``."""
+    models: dict[str, dict[str, float]] = {}
+    for column, value in exp.items():
+        path, sep, key = column.rpartition(":")
+        if not sep or "/metrics/" not in path or not path.endswith(".json") or value is None:
+            continue
+        models.setdefault(Path(path).stem, {})[key] = value
+    return models
+
+
+def format_cell(mean: float | None, sd: float | None) -> str:
+    if mean is None or pd.isna(mean):
+        return "–"
+    return f"{mean:.3f}" if sd is None or pd.isna(sd) else f"{mean:.3f} ± {sd:.3f}"
+
+
+def question_rows(results: pd.DataFrame, question: str) -> pd.DataFrame:
+    """The rows of one question: the default study's reference models first (for ``stage1`` also the
+    comparison's position-free ``stage1_only``), then the question's own settings."""
+    reference = results[
+        (results["setting"] == REFERENCE) & results["model"].isin(REFERENCE_MODELS.get(question, COMPARED))
+    ]
+    lent = results.iloc[0:0]
+    if question == "stage1":
+        lent = results[(results["question"] == "comparison") & (results["model"] == "stage1_only")]
+    return pd.concat([reference, lent, results[results["question"] == question]], ignore_index=True)
+
+
+def question_table(results: pd.DataFrame, question: str) -> pd.DataFrame:
+    """:func:`question_rows`, display-formatted (mean ± sd)."""
+    rows = question_rows(results, question)
+    columns = {
+        title: [
+            str(int(row[key]))
+            if key == "seeds" and pd.notna(row.get(key))
+            else format_cell(row.get(key), row.get(f"{key}_sd") if sd else None)
+            for _, row in rows.iterrows()
+        ]
+        for title, key, sd in COLUMNS
+    }
+    return pd.DataFrame({"setting": rows["setting"], "model": rows["model"], **columns}).set_index(
+        ["setting", "model"]
+    )
+
+
+def margins(results: pd.DataFrame) -> pd.DataFrame:
+    """Per setting of the robustness question (and the default study): the method's test worst-group
+    accuracy minus the baseline's (``margin``) and the oracle's minus the method's (``oracle_gap``)."""
+    key = "test.worst_group_acc"
+    rows = []
+    for setting, group in question_rows(results, "robustness").groupby("setting", sort=False):
+        wga = dict(zip(group["model"], group[key], strict=True)) if key in group else {}
+        hard, base, oracle = (wga.get(m) for m in ("two_stage_hard", "baseline_vit", "oracle_mask"))
+        rows.append(
+            {
+                "setting": setting,
+                "margin": None if hard is None or base is None else hard - base,
+                "oracle_gap": None if hard is None or oracle is None else oracle - hard,
+            }
+        )
+    return pd.DataFrame(rows, columns=["setting", "margin", "oracle_gap"])
+
+
+def margin_sentence(table: pd.DataFrame) -> str:
+    """Where the margin over the baseline falls under :data:`MARGIN` (settings without a baseline are not
+    judged)."""
+    judged = table.dropna(subset=["margin"])
+    below = judged[judged["margin"] < MARGIN]["setting"].tolist()
+    if judged.empty:
+        return "No setting has both the method and the baseline yet."
+    if not below:
+        return f"The method's worst-group margin over the baseline is at least {MARGIN} in every setting."
+    return f"The margin over the baseline falls under {MARGIN} in: {', '.join(below)}."
+
+
+def write_report(results: pd.DataFrame, reports_dir: Path, wall_s: float | None) -> Path:
+    """``study.md`` and ``study.html``: one table per question (mean ± sd over seeds)."""
+    from hardmask.io import atomic_write_text
+    from hardmask.report.tables import to_markdown
+
+    parts_md, parts_html = ["# hardmask study: comparison, ablations, robustness"], []
+    intro = (
+        "Test split of the built-in benchmark; mean ± sample sd over the training seeds (3 unless a row says "
+        "otherwise); the rows of the default study are the reference. group_dro is the one row trained with "
+        "the training group labels; oracle_mask and late_mask_oracle read the ground-truth foreground mask."
+    )
+    if wall_s is not None:
+        intro += f" The whole study took {duration(wall_s)} on this machine."
+    parts_md.append(intro)
+    parts_html.append(f"<h1>{html.escape(parts_md[0][2:])}</h1><p>{html.escape(intro)}</p>")
+    for question, title in QUESTIONS.items():
+        table = question_table(results, question)
+        if table.empty:
+            continue
+        parts_md += [f"## {title}", to_markdown(table)]
+        parts_html += [f"<h2>{html.escape(title)}</h2>", table.to_html(border=0)]
+        if question == "robustness":
+            gaps = margins(results)
+            shown = gaps.set_index("setting").map(lambda v: "–" if pd.isna(v) else f"{v:+.3f}")
+            sentence = (
+                "Test worst-group accuracy: the method minus the baseline (margin), the oracle minus the "
+                f"method (oracle gap). {margin_sentence(gaps)}"
+            )
+            parts_md += [sentence, to_markdown(shown)]
+            parts_html += [f"<p>{html.escape(sentence)}</p>", shown.to_html(border=0)]
+    markdown = reports_dir / "study.md"
+    atomic_write_text(markdown, "\n\n".join(parts_md) + "\n")
+    page = "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>hardmask study</title></head><body>"
+    atomic_write_text(reports_dir / "study.html", page + "\n".join(parts_html) + "</body></html>\n")
+    return markdown
+
+
+# ------------------------------------------------------------------------------------------------ command
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hardmask.study", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=("run", "report", "list"))
+    parser.add_argument("--only", default="", help=f"comma-separated questions: {', '.join(QUESTIONS)}")
+    parser.add_argument("--jobs", type=int, default=1, help="experiments at a time (dvc queue start -j)")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    configure_logging()
+    only = {q.strip() for q in args.only.split(",") if q.strip()}
+    settings = [s for s in SETTINGS if not only or s.question in only]
+    with reported_errors("interrupted: finished experiments are kept; `make study` runs the missing ones"):
+        if args.command == "list":
+            for s in settings:
+                print(f"{s.experiment:24s} {s.question:11s} {' '.join(s.overrides)}")
+            return 0
+        wall_s = run(settings, args.jobs) if args.command == "run" else None
+        cfg = load_config(args.params)
+        path = write_report(collect(settings), Path(cfg.base.reports_dir), wall_s)
+        log.info("wrote %s", path)
+        if wall_s is not None:
+            (Path(cfg.base.reports_dir) / "study_time.json").write_text(
+                json.dumps({"wall_s": round(wall_s)}) + "\n"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The opt-in study (hardmask.study): every setting is a valid experiment; the tables read DVC's results."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from hardmask import study
+from hardmask.config import compose_config
+from hardmask.models import VARIANTS
+
+from .conftest import REPO
+
+
+@pytest.mark.parametrize("setting", study.SETTINGS, ids=lambda s: s.name)
+def test_every_setting_composes_into_a_valid_config_of_known_variants(setting):
+    cfg = compose_config(list(setting.overrides), conf_dir=REPO / "conf")  # what `dvc exp run -S` writes
+    assert set(cfg.train.variants) <= set(VARIANTS)
+    assert setting.question in study.QUESTIONS and setting.experiment.startswith("study-")
+
+
+def test_the_comparison_has_every_variant_of_the_registry():
+    (comparison,) = [s for s in study.SETTINGS if s.question == "comparison"]
+    cfg = compose_config(list(comparison.overrides), conf_dir=REPO / "conf")
+    assert set(cfg.train.variants) == set(VARIANTS)
+
+
+def _fake_exp_show() -> list[dict]:
+    def metrics(model: str, wga: float) -> dict:
+        key = f"reports/metrics/{model}.json"
+        return {
+            f"{key}:test.worst_group_acc": wga,
+            f"{key}:test.worst_group_acc_sd": 0.01,
+            f"{key}:bg_gap": 0.1,
+        }
+
+    return [
+        {
+            "Experiment": None,
+            "rev": "workspace",
+            **metrics("baseline_vit", 0.5),
+            **metrics("two_stage_hard", 0.9),
+        },
+        {"Experiment": "study-k1", "rev": "abc1234", **metrics("two_stage_hard", 0.7), "optim.lr": 0.002},
+        {"Experiment": "someone-else", "rev": "def5678", **metrics("two_stage_hard", 0.1)},
+        {
+            "Experiment": "study-align095",
+            "rev": "0123abc",
+            **metrics("baseline_vit", 0.55),
+            **metrics("two_stage_hard", 0.65),
+            **metrics("oracle_mask", 0.95),
+        },
+    ]
+
+
+def test_tables_put_the_reference_rows_first_and_format_mean_sd(monkeypatch, tmp_path):
+    import dvc.api
+
+    monkeypatch.setattr(dvc.api, "exp_show", _fake_exp_show)
+    results = study.collect(study.SETTINGS)
+    align = "alignment 0.95 (Waterbirds')"
+    assert set(results["setting"]) == {study.REFERENCE, "K = 1", align}  # others are not the study's
+    table = study.question_table(results, "parts")
+    assert list(table.index) == [(study.REFERENCE, "two_stage_hard"), ("K = 1", "two_stage_hard")]
+    assert table.loc[("K = 1", "two_stage_hard"), "worst-group acc"] == "0.700 ± 0.010"
+    assert table.loc[("K = 1", "two_stage_hard"), "fg IoU"] == "–"  # not in the metrics: said, not invented
+    path = study.write_report(results, tmp_path, wall_s=125)
+    text = path.read_text()
+    assert "## Ablation: the number of parts K" in text and "2m05s" in text
+    page = (tmp_path / "study.html").read_text()
+    # a table per question, and the robustness margins
+    assert "Ablation: the number of parts K" in page and page.count("<table") == len(study.QUESTIONS) + 1
+    assert f"falls under 0.15 in: {align}" in text  # +0.100: named; the default study's +0.400 is not
+
+
+def test_robustness_margins_against_the_baseline_and_the_oracle(monkeypatch):
+    import dvc.api
+
+    monkeypatch.setattr(dvc.api, "exp_show", _fake_exp_show)
+    gaps = study.margins(study.collect(study.SETTINGS)).set_index("setting")
+    assert gaps.loc["alignment 0.95 (Waterbirds')", "margin"] == pytest.approx(0.10)
+    assert gaps.loc["alignment 0.95 (Waterbirds')", "oracle_gap"] == pytest.approx(0.30)
+    assert gaps.loc[study.REFERENCE, "margin"] == pytest.approx(0.40)
+    assert pd.isna(gaps.loc[study.REFERENCE, "oracle_gap"])  # no oracle row: not judged, not invented
+    assert study.margin_sentence(gaps.drop("alignment 0.95 (Waterbirds')").reset_index()).startswith(
+        "The method's"
+    )
+
+
+def test_every_experiment_skips_the_intervention_sweep_and_stops_at_evaluate(monkeypatch):
+    calls = []
+    monkeypatch.setattr(study, "_dvc", lambda *args, capture=False: calls.append(args) or "")
+    monkeypatch.setattr(study, "_wait_for_queue", lambda total, start: None)
+    (k1,) = [s for s in study.SETTINGS if s.name == "k1"]
+    study.run([k1])
+    queued = [c for c in calls if c[:2] == ("exp", "run")]
+    assert len(queued) == 1 and queued[0][-1] == "evaluate" and "study-k1" in queued[0]
+    assert "evaluate.leave_one_part_out=false" in queued[0] and "model.num_parts=1" in queued[0]
+    assert ("queue", "start", "-j", "1") in calls and calls[0] == ("repro",)
+
+
+def test_format_cell_says_what_is_missing():
+    assert study.format_cell(None, None) == "–" and study.format_cell(0.5, float("nan")) == "0.500"
+    assert study.format_cell(0.25, 0.05) == "0.250 ± 0.050"
