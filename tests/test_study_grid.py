@@ -102,3 +102,19 @@ def test_every_experiment_skips_the_intervention_sweep_and_stops_at_evaluate(mon
 def test_format_cell_says_what_is_missing():
     assert study.format_cell(None, None) == "–" and study.format_cell(0.5, float("nan")) == "0.500"
     assert study.format_cell(0.25, 0.05) == "0.250 ± 0.050"
+
+
+def test_dvc_returns_when_the_command_exits_though_a_daemon_it_started_keeps_its_output(monkeypatch):
+    # `dvc queue start` daemonises a worker that inherits stdout: the study must not wait for the queue there
+    import os
+    import signal
+    import sys
+    import time
+
+    daemon = "import subprocess; print(subprocess.Popen(['sleep', '30']).pid)"
+    monkeypatch.setattr(study, "_dvc_command", lambda: [sys.executable, "-c", daemon])
+    start = time.perf_counter()
+    pid = int(study._dvc("queue", "start", capture=True))
+    elapsed = time.perf_counter() - start
+    os.kill(pid, signal.SIGTERM)
+    assert elapsed < 15  # not the daemon's 30 s

@@ -21,6 +21,7 @@ import json
 import logging
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -151,14 +152,32 @@ MARGIN = 0.15  # the method's worst-group margin over the baseline that the robu
 
 
 # ------------------------------------------------------------------------------------------------ running
-def _dvc(*args: str, capture: bool = False) -> str:
+def _dvc_command() -> list[str]:
     dvc = Path(sys.executable).parent / "dvc"
-    command = [str(dvc if dvc.exists() else "dvc"), *args]
-    proc = subprocess.run(command, capture_output=capture, text=True)
+    return [str(dvc if dvc.exists() else "dvc")]
+
+
+def _dvc(*args: str, capture: bool = False) -> str:
+    """Run ``dvc *args``; with ``capture``, return its standard output.
+
+    Output is captured in files, not pipes: ``dvc queue start`` leaves a daemonised worker behind that
+    inherits the output streams, and reading a pipe to its end would wait for that worker, i.e. for the whole
+    queue.
+    """
+    command = [*_dvc_command(), *args]
+    if not capture:
+        proc = subprocess.run(command)
+        out = err = ""
+    else:
+        with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
+            proc = subprocess.run(command, stdout=out_file, stderr=err_file, text=True)
+            out_file.seek(0)
+            err_file.seek(0)
+            out, err = out_file.read(), err_file.read()
     if proc.returncode != 0:
-        detail = f": {proc.stderr.strip()[-2000:]}" if capture else " (see its output above)"
-        raise HardmaskError(f"`{' '.join(command[1:])}` failed{detail}")
-    return proc.stdout if capture else ""
+        detail = f": {err.strip()[-2000:]}" if capture else " (see its output above)"
+        raise HardmaskError(f"`dvc {' '.join(args)}` failed{detail}")
+    return out
 
 
 def existing_experiments() -> set[str]:

@@ -3,7 +3,9 @@
 Online version: a weight ``q_g`` per group, kept across steps; each step raises the weights of the groups with
 a high loss in the batch (``q_g <- q_g exp(eta * loss_g)``, renormalised) and the objective is the
 ``q``-weighted sum of the per-group mean losses. It needs the group label of every training image, which the
-method itself never uses: in a comparison table it is the one row that saw them.
+method itself never uses: in a comparison table it is the one row that saw them. Under DDP each rank updates
+its weights from its own batch (the reference algorithm is single-process); the gradients are averaged as
+usual.
 """
 
 from __future__ import annotations
