@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -77,7 +75,8 @@ def _fresh_mlflow_store(tmp_path: Path) -> str:
     """A migrated empty MLflow store in ``tmp_path`` (copying one template per session saves ~10 s a test)."""
     from tests.tracking.store import create_template, fresh_store
 
-    template_dir = Path(tempfile.gettempdir()) / f"hardmask-mlflow-template-{os.getpid()}"
+    # next to tmp_path in pytest's base temporary directory, which pytest prunes (older sessions' are removed)
+    template_dir = tmp_path.parent / "mlflow-template"
     template_dir.mkdir(exist_ok=True)
     return fresh_store(create_template(template_dir), tmp_path)
 

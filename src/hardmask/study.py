@@ -32,6 +32,7 @@ import pandas as pd
 from hardmask.config import load_config
 from hardmask.console import configure_logging, duration
 from hardmask.errors import HardmaskError, reported_errors
+from hardmask.models import VARIANTS
 
 log = logging.getLogger("hardmask.study")
 
@@ -79,23 +80,7 @@ TWO_SEEDS = "train.seeds=[0,1]"  # the robustness grid and the stage-1 check: 2 
 # (a third of a two-stage evaluation) is left out; the default study's report has it.
 COMMON = ("evaluate.threshold_quantiles=[]", "evaluate.leave_one_part_out=false")
 SETTINGS: tuple[Setting, ...] = (
-    Setting(
-        "comparison",
-        "comparison",
-        "all variants",
-        (
-            _variants(
-                "baseline_vit",
-                "linear_probe",
-                "group_dro",
-                "stage1_only",
-                "two_stage_soft",
-                "two_stage_hard",
-                "late_mask_oracle",
-                "oracle_mask",
-            ),
-        ),
-    ),
+    Setting("comparison", "comparison", "all variants", (_variants(*VARIANTS),)),  # in the registry's order
     Setting("k1", "parts", "K = 1", ("model.num_parts=1", METHOD_ONLY)),
     Setting("k2", "parts", "K = 2", ("model.num_parts=2", METHOD_ONLY)),
     Setting("k8", "parts", "K = 8", ("model.num_parts=8", METHOD_ONLY)),

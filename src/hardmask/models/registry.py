@@ -3,8 +3,9 @@
 A :class:`Variant` says how the model is built, whether it has stage-1 parts (test-time interventions, part
 metrics), whether it reads the ground-truth foreground mask, and which loss groups it trains with
 (``hardmask.losses.LOSS_GROUPS``: ``prediction``, the cross-entropy of its prediction; ``stage1``, stage 1's
-part classifier and part-discovery priors). Training, evaluation and the benchmark look these up by name;
-adding a variant is one entry here (plus its model class and tests).
+part classifier and part-discovery priors). Training, evaluation, the benchmark and the study look these up
+by name; adding a variant is one entry here (plus its model class and tests), and the study's comparison
+runs it.
 
 Freezing works on parameter roles (``backbone.ParamRole``), for every variant alike:
 
@@ -100,6 +101,8 @@ def _late_mask(cfg: ModelSection, num_classes: int, image_size: int) -> nn.Modul
 
 
 # ----------------------------------------------------------------------------------------------- the table
+# In the order of the study's comparison table (hardmask.study): baselines, the method's kin, the method, then
+# the ground-truth-mask bounds. A new variant goes where its row should stand.
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
@@ -112,44 +115,13 @@ VARIANTS: dict[str, Variant] = {
             losses=("prediction",),
         ),
         Variant(
-            "two_stage_hard",
-            "the method: stage-1 part discovery, stage-2 ViT attending only to foreground tokens",
-            _two_stage(soft_masks=False),
-            has_parts=True,
-            takes_fg_mask=False,
-            losses=("prediction", "stage1"),
-        ),
-        Variant(
-            "two_stage_soft",
-            "ablation: stage 2 gets a soft additive attention bias instead of the hard mask",
-            _two_stage(soft_masks=True),
-            has_parts=True,
-            takes_fg_mask=False,
-            losses=("prediction", "stage1"),
-        ),
-        Variant(
-            "stage1_only",
-            "the stage-1 part classifier alone (PDiscoFormer-style)",
-            _stage1_only,
-            has_parts=True,
-            takes_fg_mask=False,
-            losses=("stage1",),
-        ),
-        Variant(
-            "oracle_mask",
-            "stage 2 given the ground-truth foreground mask (upper bound; needs masks)",
-            _oracle,
+            "linear_probe",
+            "a frozen backbone and a trained head (random features from scratch, DINOv2's when pretrained)",
+            _baseline,
             has_parts=False,
-            takes_fg_mask=True,
+            takes_fg_mask=False,
             losses=("prediction",),
-        ),
-        Variant(
-            "late_mask_oracle",
-            "late masking: a ViT over the whole image, its features pooled over the ground-truth foreground",
-            _late_mask,
-            has_parts=False,
-            takes_fg_mask=True,
-            losses=("prediction",),
+            frozen_roles=("stage2_backbone", "stage2_tokens"),
         ),
         Variant(
             "group_dro",
@@ -161,13 +133,44 @@ VARIANTS: dict[str, Variant] = {
             uses_group_labels=True,
         ),
         Variant(
-            "linear_probe",
-            "a frozen backbone and a trained head (random features from scratch, DINOv2's when pretrained)",
-            _baseline,
-            has_parts=False,
+            "stage1_only",
+            "the stage-1 part classifier alone (PDiscoFormer-style)",
+            _stage1_only,
+            has_parts=True,
             takes_fg_mask=False,
+            losses=("stage1",),
+        ),
+        Variant(
+            "two_stage_soft",
+            "ablation: stage 2 gets a soft additive attention bias instead of the hard mask",
+            _two_stage(soft_masks=True),
+            has_parts=True,
+            takes_fg_mask=False,
+            losses=("prediction", "stage1"),
+        ),
+        Variant(
+            "two_stage_hard",
+            "the method: stage-1 part discovery, stage-2 ViT attending only to foreground tokens",
+            _two_stage(soft_masks=False),
+            has_parts=True,
+            takes_fg_mask=False,
+            losses=("prediction", "stage1"),
+        ),
+        Variant(
+            "late_mask_oracle",
+            "late masking: a ViT over the whole image, its features pooled over the ground-truth foreground",
+            _late_mask,
+            has_parts=False,
+            takes_fg_mask=True,
             losses=("prediction",),
-            frozen_roles=("stage2_backbone", "stage2_tokens"),
+        ),
+        Variant(
+            "oracle_mask",
+            "stage 2 given the ground-truth foreground mask (upper bound; needs masks)",
+            _oracle,
+            has_parts=False,
+            takes_fg_mask=True,
+            losses=("prediction",),
         ),
     )
 }
