@@ -26,40 +26,46 @@ def test_the_comparison_has_every_variant_of_the_registry():
 
 
 def _fake_exp_show() -> list[dict]:
-    def metrics(model: str, wga: float) -> dict:
+    def metrics(model: str, wga: float, avg: float = 0.8) -> dict:
         key = f"reports/metrics/{model}.json"
         return {
             f"{key}:test.worst_group_acc": wga,
             f"{key}:test.worst_group_acc_sd": 0.01,
+            f"{key}:test.avg_acc": avg,
             f"{key}:bg_gap": 0.1,
         }
 
-    return [
+    return [  # newest first, as DVC lists them
         {
             "Experiment": None,
             "rev": "workspace",
-            **metrics("baseline_vit", 0.5),
             **metrics("two_stage_hard", 0.9),
+            **metrics("baseline_vit", 0.5),
         },
+        {"Experiment": "study-3x3", "rev": "9876fed", **metrics("two_stage_hard", 0.3, avg=0.40)},
         {"Experiment": "study-k1", "rev": "abc1234", **metrics("two_stage_hard", 0.7), "optim.lr": 0.002},
         {"Experiment": "someone-else", "rev": "def5678", **metrics("two_stage_hard", 0.1)},
         {
             "Experiment": "study-align095",
             "rev": "0123abc",
-            **metrics("baseline_vit", 0.55),
-            **metrics("two_stage_hard", 0.65),
             **metrics("oracle_mask", 0.95),
+            **metrics("two_stage_hard", 0.65),
+            **metrics("baseline_vit", 0.55),
         },
     ]
 
 
-def test_tables_put_the_reference_rows_first_and_format_mean_sd(monkeypatch, tmp_path):
+def _collect(monkeypatch) -> pd.DataFrame:
     import dvc.api
 
     monkeypatch.setattr(dvc.api, "exp_show", _fake_exp_show)
-    results = study.collect(study.SETTINGS)
+    return study.collect(study.SETTINGS, conf_dir=REPO / "conf")
+
+
+def test_tables_put_the_reference_rows_first_and_format_mean_sd(monkeypatch, tmp_path):
+    results = _collect(monkeypatch)
     align = "alignment 0.95 (Waterbirds')"
-    assert set(results["setting"]) == {study.REFERENCE, "K = 1", align}  # others are not the study's
+    assert set(results["setting"]) == {study.REFERENCE, "K = 1", align, "3 classes x 3 places"}  # not others
     table = study.question_table(results, "parts")
     assert list(table.index) == [(study.REFERENCE, "two_stage_hard"), ("K = 1", "two_stage_hard")]
     assert table.loc[("K = 1", "two_stage_hard"), "worst-group acc"] == "0.700 ± 0.010"
@@ -73,17 +79,40 @@ def test_tables_put_the_reference_rows_first_and_format_mean_sd(monkeypatch, tmp
     assert f"falls under 0.15 in: {align}" in text  # +0.100: named; the default study's +0.400 is not
 
 
-def test_robustness_margins_against_the_baseline_and_the_oracle(monkeypatch):
-    import dvc.api
+def test_rows_in_the_order_of_the_settings_and_of_the_registry_whatever_dvc_lists_first(monkeypatch):
+    table = study.question_table(_collect(monkeypatch), "robustness")
+    assert list(table.index) == [
+        (study.REFERENCE, "baseline_vit"),
+        (study.REFERENCE, "two_stage_hard"),
+        ("alignment 0.95 (Waterbirds')", "baseline_vit"),
+        ("alignment 0.95 (Waterbirds')", "two_stage_hard"),
+        ("alignment 0.95 (Waterbirds')", "oracle_mask"),
+        ("3 classes x 3 places", "two_stage_hard"),
+    ]
 
-    monkeypatch.setattr(dvc.api, "exp_show", _fake_exp_show)
-    gaps = study.margins(study.collect(study.SETTINGS)).set_index("setting")
+
+def test_a_setting_the_method_does_not_learn_is_named_not_counted_a_success(monkeypatch):
+    gaps = study.margins(_collect(monkeypatch)).set_index("setting")
+    # 3 classes: chance is 1/3, and an average accuracy of 0.40 is within 0.1 of it
+    assert gaps.loc["3 classes x 3 places", "above_chance"] == pytest.approx(0.40 - 1 / 3)
+    assert gaps.loc[study.REFERENCE, "above_chance"] == pytest.approx(0.8 - 1 / 2)
+    sentence = study.margin_sentence(gaps.reset_index())
+    assert sentence.endswith(
+        "has not learned the task and its margin is no success, in: 3 classes x 3 places."
+    )
+    assert "falls under 0.15 in: alignment 0.95 (Waterbirds')." in sentence
+
+
+def test_robustness_margins_against_the_baseline_and_the_oracle(monkeypatch):
+    gaps = study.margins(_collect(monkeypatch)).set_index("setting")
     assert gaps.loc["alignment 0.95 (Waterbirds')", "margin"] == pytest.approx(0.10)
     assert gaps.loc["alignment 0.95 (Waterbirds')", "oracle_gap"] == pytest.approx(0.30)
     assert gaps.loc[study.REFERENCE, "margin"] == pytest.approx(0.40)
     assert pd.isna(gaps.loc[study.REFERENCE, "oracle_gap"])  # no oracle row: not judged, not invented
-    assert study.margin_sentence(gaps.drop("alignment 0.95 (Waterbirds')").reset_index()).startswith(
-        "The method's"
+    assert pd.isna(gaps.loc["3 classes x 3 places", "margin"])  # no baseline: the margin is not judged
+    kept = gaps.drop(["alignment 0.95 (Waterbirds')", "3 classes x 3 places"]).reset_index()
+    assert study.margin_sentence(kept) == (
+        "The method's worst-group margin over the baseline is at least 0.15 in every setting."
     )
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from hardmask.config import load_config
+from hardmask.config import CONF_DIR, compose_config, load_config
 from hardmask.console import configure_logging, duration
 from hardmask.errors import HardmaskError, reported_errors
 from hardmask.models import VARIANTS
@@ -134,6 +134,7 @@ COLUMNS = (  # (title, key in a headline metrics file, has an sd)
     ("seeds", "seeds", False),
 )
 MARGIN = 0.15  # the method's worst-group margin over the baseline that the robustness section checks
+NEAR_CHANCE = 0.1  # a test average accuracy less than this above chance: the task is not learned
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -209,25 +210,34 @@ def _wait_for_queue(total: int, start: float, poll_s: float = 30.0) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ tables
-def collect(settings: Sequence[Setting]) -> pd.DataFrame:
-    """One row per (setting, model) with the headline columns: the workspace (the default study) and every
-    study experiment that exists, from ``dvc.api.exp_show``."""
+def collect(settings: Sequence[Setting], conf_dir: str | Path = CONF_DIR) -> pd.DataFrame:
+    """One row per (setting, model) with the headline columns and the chance accuracy of the setting's
+    benchmark: the workspace (the default study) and every study experiment that exists, from
+    ``dvc.api.exp_show``; in the order of :data:`SETTINGS` and of the variant registry."""
     import dvc.api
 
-    wanted = {s.experiment: s for s in settings}
+    wanted = {s.experiment: (i, s) for i, s in enumerate(settings)}
+    reference = (-1, Setting("", "", REFERENCE, ()))  # the workspace: no question of its own
     rows = []
     for exp in dvc.api.exp_show():
-        name = exp.get("Experiment") or ""
-        setting = wanted.get(name)
         if exp.get("rev") == "workspace":
-            label, question = REFERENCE, None
-        elif setting is not None:
-            label, question = setting.label, setting.question
+            position, setting = reference
+        elif (exp.get("Experiment") or "") in wanted:
+            position, setting = wanted[exp["Experiment"]]
         else:
             continue
+        # what `dvc exp run -S` composed for it: the number of classes sets the chance level
+        chance = 1 / compose_config(list(setting.overrides), conf_dir).data.synthetic.n_classes
         for model, values in _models_of(exp).items():
-            rows.append({"setting": label, "question": question, "model": model, **values})
-    return pd.DataFrame(rows)
+            rank = list(VARIANTS).index(model) if model in VARIANTS else len(VARIANTS)
+            rows.append(
+                {"setting": setting.label, "question": setting.question or None, "model": model}
+                | {"chance": chance, **values, "_order": (position, rank)}
+            )
+    results = pd.DataFrame(rows)
+    if results.empty:
+        return results
+    return results.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
 
 
 def _models_of(exp: dict) -> dict[str, dict[str, float]]:
@@ -278,32 +288,50 @@ def question_table(results: pd.DataFrame, question: str) -> pd.DataFrame:
 
 def margins(results: pd.DataFrame) -> pd.DataFrame:
     """Per setting of the robustness question (and the default study): the method's test worst-group
-    accuracy minus the baseline's (``margin``) and the oracle's minus the method's (``oracle_gap``)."""
-    key = "test.worst_group_acc"
+    accuracy minus the baseline's (``margin``), the oracle's minus the method's (``oracle_gap``), and how far
+    the method's average accuracy is above chance (``above_chance``)."""
     rows = []
     for setting, group in question_rows(results, "robustness").groupby("setting", sort=False):
-        wga = dict(zip(group["model"], group[key], strict=True)) if key in group else {}
-        hard, base, oracle = (wga.get(m) for m in ("two_stage_hard", "baseline_vit", "oracle_mask"))
+        hard, base, oracle = (
+            _value(group, m, "test.worst_group_acc")
+            for m in ("two_stage_hard", "baseline_vit", "oracle_mask")
+        )
+        hard_avg = _value(group, "two_stage_hard", "test.avg_acc")
         rows.append(
             {
                 "setting": setting,
                 "margin": None if hard is None or base is None else hard - base,
                 "oracle_gap": None if hard is None or oracle is None else oracle - hard,
+                "above_chance": None if hard_avg is None else hard_avg - float(group["chance"].iloc[0]),
             }
         )
-    return pd.DataFrame(rows, columns=["setting", "margin", "oracle_gap"])
+    return pd.DataFrame(rows, columns=["setting", "margin", "oracle_gap", "above_chance"])
+
+
+def _value(rows: pd.DataFrame, model: str, key: str) -> float | None:
+    """``key`` of ``model``'s row in ``rows``, or None where the model or the value is missing."""
+    values = rows.loc[rows["model"] == model, key] if key in rows else pd.Series(dtype=float)
+    return float(values.iloc[0]) if len(values) and pd.notna(values.iloc[0]) else None
 
 
 def margin_sentence(table: pd.DataFrame) -> str:
-    """Where the margin over the baseline falls under :data:`MARGIN` (settings without a baseline are not
-    judged)."""
+    """Where the margin over the baseline falls under :data:`MARGIN`, and where the method does not learn the
+    task at all (settings without a baseline are not judged on the margin)."""
     judged = table.dropna(subset=["margin"])
     below = judged[judged["margin"] < MARGIN]["setting"].tolist()
+    unlearned = table.loc[pd.to_numeric(table["above_chance"]) < NEAR_CHANCE, "setting"].tolist()
     if judged.empty:
-        return "No setting has both the method and the baseline yet."
-    if not below:
-        return f"The method's worst-group margin over the baseline is at least {MARGIN} in every setting."
-    return f"The margin over the baseline falls under {MARGIN} in: {', '.join(below)}."
+        sentence = "No setting has both the method and the baseline yet."
+    elif not below:
+        sentence = f"The method's worst-group margin over the baseline is at least {MARGIN} in every setting."
+    else:
+        sentence = f"The margin over the baseline falls under {MARGIN} in: {', '.join(below)}."
+    if unlearned:
+        sentence += (
+            f" The method's average accuracy is within {NEAR_CHANCE} of chance, i.e. it has not learned the"
+            f" task and its margin is no success, in: {', '.join(unlearned)}."
+        )
+    return sentence
 
 
 def write_report(results: pd.DataFrame, reports_dir: Path, wall_s: float | None) -> Path:
@@ -332,7 +360,8 @@ def write_report(results: pd.DataFrame, reports_dir: Path, wall_s: float | None)
             shown = gaps.set_index("setting").map(lambda v: "–" if pd.isna(v) else f"{v:+.3f}")
             sentence = (
                 "Test worst-group accuracy: the method minus the baseline (margin), the oracle minus the "
-                f"method (oracle gap). {margin_sentence(gaps)}"
+                "method (oracle gap); the method's average accuracy minus chance (above chance). "
+                + margin_sentence(gaps)
             )
             parts_md += [sentence, to_markdown(shown)]
             parts_html += [f"<p>{html.escape(sentence)}</p>", shown.to_html(border=0)]

@@ -55,6 +55,10 @@ def _stage(params: Path, cwd: Path, **popen) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=cwd, env=env, text=True, stderr=subprocess.PIPE, **popen)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_a_failing_job_ends_the_stage_with_its_message_and_no_traceback(tmp_path: Path):
     cfg = make_tiny_config(tmp_path, cluster={"executor": "local", "poll_interval_s": 0.2}, train=ONE_RUN)
     save_config(cfg, tmp_path / "params.yaml")  # no dataset generated
@@ -79,7 +83,9 @@ def test_ctrl_c_stops_cleanly_marks_the_run_killed_and_the_next_run_resumes(tmp_
     save_config(cfg, params)
     last = tmp_path / "runs" / "two_stage_hard" / "seed0" / "checkpoints" / "last.pt"
 
-    proc = _stage(params, tmp_path, start_new_session=True)  # its own process group, like a terminal's
+    # its own process group, like a terminal's, and SIGINT's default action even where the tests run as a
+    # background job (whose children inherit an ignored SIGINT, so that Ctrl-C would never arrive)
+    proc = _stage(params, tmp_path, start_new_session=True, preexec_fn=_default_sigint)
     deadline = time.monotonic() + 240
     while not (last.exists() and torch.load(last, weights_only=True)["loop"]["epoch"] >= 1):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()

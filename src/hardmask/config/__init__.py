@@ -3,6 +3,7 @@
 
 from hardmask.config.cli import run_stage, stage_cli
 from hardmask.config.loading import (
+    CONF_DIR,
     ConfigError,
     apply_overrides,
     compose,
@@ -36,6 +37,7 @@ from hardmask.config.schema import (
 )
 
 __all__ = [
+    "CONF_DIR",
     "AugmentSection",
     "BackboneSection",
     "BaseSection",
