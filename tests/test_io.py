@@ -6,8 +6,9 @@ import os
 import stat
 
 import pytest
+import torch
 
-from hardmask.io import atomic_dir, atomic_write_json, atomic_write_text
+from hardmask.io import atomic_dir, atomic_torch_save, atomic_write_json, atomic_write_text
 
 
 @pytest.fixture
@@ -37,3 +38,12 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
         (tmp / "x").write_text("half")
         raise RuntimeError("crash")
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["kept.txt"]
+
+
+def test_the_same_checkpoint_saved_twice_has_the_same_bytes(tmp_path):
+    # DVC hashes the runs' checkpoints: equal content must give equal bytes, wherever it is written
+    state = {"model": {"weight": torch.arange(6.0).reshape(2, 3)}, "loop": {"epoch": 3}}
+    atomic_torch_save(state, tmp_path / "a" / "last.pt")
+    atomic_torch_save(state, tmp_path / "b" / "last.pt")
+    assert (tmp_path / "a" / "last.pt").read_bytes() == (tmp_path / "b" / "last.pt").read_bytes()
+    assert torch.load(tmp_path / "a" / "last.pt", weights_only=True)["loop"] == {"epoch": 3}

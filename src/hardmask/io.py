@@ -71,8 +71,10 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    # saved through a file object: torch names the archive's root folder after a path it is given, here the
+    # random temporary name, which would make every checkpoint's bytes (and DVC's hash of the runs) differ
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
 
 
 @contextlib.contextmanager
