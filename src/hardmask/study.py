@@ -75,7 +75,7 @@ REFERENCE_MODELS = {
     "robustness": COMPARED,
 }
 METHOD_ONLY = _variants("two_stage_hard")
-TWO_SEEDS = "train.seeds=[0,1]"  # the robustness grid and the stage-1 check: 2 seeds, to fit the hour
+TWO_SEEDS = "train.seeds=[0,1]"  # the robustness grid and the stage-1 check: 2 seeds, to save time
 # What every study experiment shares: the tables read the unmodified test split, so the intervention sweep
 # (a third of a two-stage evaluation) is left out; the default study's report has it.
 COMMON = ("evaluate.threshold_quantiles=[]", "evaluate.leave_one_part_out=false")
