@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hardmask import study
 from hardmask.config import deep_merge
 
 from .conftest import REPO, TINY_OVERRIDES
@@ -150,7 +151,7 @@ def test_queued_experiments_keep_their_runs_and_mlflow_records(project):
     _run([DVC, "repro"], work, env)  # the baseline
     for name, lr in (("lr-a", "0.003"), ("lr-b", "0.004")):
         _run([DVC, "exp", "run", "--queue", "-n", name, "-S", f"optim.lr={lr}"], work, env)
-    _run([DVC, "queue", "start", "-j", "1"], work, env)
+    _run([DVC, "queue", "start", "-j", str(study.JOBS)], work, env)  # two at once, as the study runs them
     deadline = time.monotonic() + 900
     while True:
         status = _run([DVC, "queue", "status"], work, env)

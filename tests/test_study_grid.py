@@ -116,6 +116,25 @@ def test_robustness_margins_against_the_baseline_and_the_oracle(monkeypatch):
     )
 
 
+def test_one_seed_robustness_rows_are_read_against_the_default_studys_seed_spread(monkeypatch):
+    results = _collect(monkeypatch)
+    assert study.seed_spread_sentence(results) == ""  # no seed counts: nothing claimed
+    results["seeds"] = [3 if s == study.REFERENCE else 1 for s in results["setting"]]
+    results.loc[results["model"] == "baseline_vit", "test.worst_group_acc_sd"] = 0.15
+    assert "sd 0.010 (method) and 0.150 (baseline)" in study.seed_spread_sentence(results)
+    results["seeds"] = 2
+    assert study.seed_spread_sentence(results) == ""
+
+
+@pytest.mark.parametrize("setting", study.SETTINGS, ids=lambda s: s.name)
+def test_every_experiment_evaluates_the_splits_the_tables_read(setting):
+    from hardmask.evaluation.tidy import BG_GAP_SPLIT, HEADLINE
+
+    cfg = compose_config([*study.COMMON, *setting.overrides], conf_dir=REPO / "conf")
+    needed = {split for _, split, _ in HEADLINE} - {BG_GAP_SPLIT} | set(BG_GAP_SPLIT.split("-"))
+    assert needed <= set(cfg.evaluate.splits), cfg.evaluate.splits
+
+
 def test_every_experiment_skips_the_intervention_sweep_and_stops_at_evaluate(monkeypatch):
     calls = []
     monkeypatch.setattr(study, "_dvc", lambda *args, capture=False: calls.append(args) or "")
@@ -125,7 +144,7 @@ def test_every_experiment_skips_the_intervention_sweep_and_stops_at_evaluate(mon
     queued = [c for c in calls if c[:2] == ("exp", "run")]
     assert len(queued) == 1 and queued[0][-1] == "evaluate" and "study-k1" in queued[0]
     assert "evaluate.leave_one_part_out=false" in queued[0] and "model.num_parts=1" in queued[0]
-    assert ("queue", "start", "-j", "1") in calls and calls[0] == ("repro",)
+    assert ("queue", "start", "-j", str(study.JOBS)) in calls and calls[0] == ("repro",)
 
 
 def test_format_cell_says_what_is_missing():
