@@ -44,7 +44,13 @@ def _fake_exp_show() -> list[dict]:
             **metrics("two_stage_hard", 0.9),
             **metrics("baseline_vit", 0.5),
         },
-        {"Experiment": "study-3x3", "rev": "9876fed", **metrics("two_stage_hard", 0.3, avg=0.40)},
+        {
+            "Experiment": "study-3x3",
+            "rev": "9876fed",
+            **metrics("two_stage_hard", 0.3, avg=0.40),
+            # one seed: the headline file's null sd, as dvc.api.exp_show returns it
+            "reports/metrics/two_stage_hard.json:test.worst_group_acc_sd": "None",
+        },
         {"Experiment": "study-k1", "rev": "abc1234", **metrics("two_stage_hard", 0.7), "optim.lr": 0.002},
         {"Experiment": "someone-else", "rev": "def5678", **metrics("two_stage_hard", 0.1)},
         {
@@ -72,6 +78,8 @@ def test_tables_put_the_reference_rows_first_and_format_mean_sd(monkeypatch, tmp
     assert list(table.index) == [(study.REFERENCE, "two_stage_hard"), ("K = 1", "two_stage_hard")]
     assert table.loc[("K = 1", "two_stage_hard"), "worst-group acc"] == "0.700 ± 0.010"
     assert table.loc[("K = 1", "two_stage_hard"), "fg IoU"] == "–"  # not in the metrics: said, not invented
+    robustness = study.question_table(results, "robustness")
+    assert robustness.loc[("3 classes x 3 places", "two_stage_hard"), "worst-group acc"] == "0.300"
     path = study.write_report(results, tmp_path, wall_s=125)
     text = path.read_text()
     assert "## Ablation: the number of parts K" in text and "2m05s" in text

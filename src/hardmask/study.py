@@ -76,7 +76,7 @@ REFERENCE_MODELS = {
     "robustness": COMPARED,
 }
 METHOD_ONLY = _variants("two_stage_hard")
-# Fewer seeds where the question allows it, so that the study fits an hour on 2 cores: the stage-1 check two,
+# Fewer seeds where the question allows it, to bring the study near an hour on 2 cores: the stage-1 check two,
 # the robustness grid one (breadth over depth: each of its rows says so, and its margins are read against the
 # default study's seed spread).
 TWO_SEEDS = "train.seeds=[0,1]"
@@ -261,9 +261,11 @@ def _models_of(exp: dict) -> dict[str, dict[str, float]]:
     models: dict[str, dict[str, float]] = {}
     for column, value in exp.items():
         path, sep, key = column.rpartition(":")
-        if not sep or "/metrics/" not in path or not path.endswith(".json") or value is None:
+        if not sep or "/metrics/" not in path or not path.endswith(".json"):
             continue
-        models.setdefault(Path(path).stem, {})[key] = value
+        number = pd.to_numeric(value, errors="coerce")  # dvc.api.exp_show gives a JSON null as 'None'
+        if pd.notna(number):
+            models.setdefault(Path(path).stem, {})[key] = float(number)
     return models
 
 
