@@ -311,7 +311,7 @@ def margins(results: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for setting, group in question_rows(results, "robustness").groupby("setting", sort=False):
         hard, base, oracle = (_value(group, m, "test.worst_group_acc") for m in (*METHOD_VS, "oracle_mask"))
-        hard_avg = _value(group, "two_stage_hard", "test.avg_acc")
+        hard_avg = _value(group, METHOD_VS[0], "test.avg_acc")
         rows.append(
             {
                 "setting": setting,
