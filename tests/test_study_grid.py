@@ -7,6 +7,7 @@ import pytest
 
 from hardmask import study
 from hardmask.config import compose_config
+from hardmask.errors import HardmaskError
 from hardmask.models import VARIANTS
 
 from .conftest import REPO
@@ -176,3 +177,33 @@ def test_dvc_returns_when_the_command_exits_though_a_daemon_it_started_keeps_its
     elapsed = time.perf_counter() - start
     os.kill(pid, signal.SIGTERM)
     assert elapsed < 15  # not the daemon's 30 s
+
+
+# `dvc queue status` as DVC 3 renders it (dvc.compare.TabularData), then its worker line
+QUEUE_STATUS = """\
+Task     Name              Created    Status
+1a2b3c4  study-comparison  02:51 PM   Running
+5d6e7f8  study-k1          02:51 PM   Success
+9a8b7c6  study-k2          02:52 PM   Queued
+0f1e2d3  study-k8          02:52 PM   Failed
+
+Worker status: 1 active, 0 idle
+"""
+
+
+def test_the_progress_line_names_the_running_experiments_and_failures_end_the_wait(monkeypatch, caplog):
+    assert study.queue_states(QUEUE_STATUS) == {
+        "study-comparison": "Running",
+        "study-k1": "Success",
+        "study-k2": "Queued",
+        "study-k8": "Failed",
+    }
+    drained = QUEUE_STATUS.replace("Running", "Success").replace("Queued", "Success")
+    answers = iter([QUEUE_STATUS, drained])
+    monkeypatch.setattr(study, "_dvc", lambda *args, capture=False: next(answers))
+    monkeypatch.setattr(study.time, "sleep", lambda s: None)
+    with caplog.at_level("INFO", logger="hardmask.study"), pytest.raises(HardmaskError, match="study-k8"):
+        study._wait_for_queue(4, start=study.time.perf_counter())
+    progress = [r.getMessage() for r in caplog.records]
+    assert "2 of 4 experiments done" in progress[0] and progress[0].endswith("running study-comparison")
+    assert "4 of 4 experiments done" in progress[1] and "running" not in progress[1]
