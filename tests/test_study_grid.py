@@ -149,7 +149,7 @@ def test_every_experiment_evaluates_the_splits_the_tables_read(setting):
 def test_every_experiment_skips_the_intervention_sweep_and_stops_at_evaluate(monkeypatch):
     calls = []
     monkeypatch.setattr(study, "_dvc", lambda *args, capture=False: calls.append(args) or "")
-    monkeypatch.setattr(study, "_wait_for_queue", lambda total, start: None)
+    monkeypatch.setattr(study, "_wait_for_queue", lambda experiments, start: None)
     (k1,) = [s for s in study.SETTINGS if s.name == "k1"]
     study.run([k1])
     queued = [c for c in calls if c[:2] == ("exp", "run")]
@@ -198,12 +198,19 @@ def test_the_progress_line_names_the_running_experiments_and_failures_end_the_wa
         "study-k2": "Queued",
         "study-k8": "Failed",
     }
+    requeued = QUEUE_STATUS + "7e6d5c4  study-k8          03:40 PM   Queued\n"  # after `make study` again
+    assert study.queue_states(requeued)["study-k8"] == "Queued"
+    # as seen in a real run: a task a worker has taken but not started is briefly missing from the status
+    taken = "\n".join(line for line in QUEUE_STATUS.splitlines() if "study-k2" not in line)
     drained = QUEUE_STATUS.replace("Running", "Success").replace("Queued", "Success")
-    answers = iter([QUEUE_STATUS, drained])
+    answers = iter([QUEUE_STATUS, taken.replace("Running", "Success"), drained])
     monkeypatch.setattr(study, "_dvc", lambda *args, capture=False: next(answers))
     monkeypatch.setattr(study.time, "sleep", lambda s: None)
+    names = ["study-comparison", "study-k1", "study-k2", "study-k8"]
     with caplog.at_level("INFO", logger="hardmask.study"), pytest.raises(HardmaskError, match="study-k8"):
-        study._wait_for_queue(4, start=study.time.perf_counter())
+        study._wait_for_queue(names, start=study.time.perf_counter())
     progress = [r.getMessage() for r in caplog.records]
+    assert len(progress) == 3  # not done while study-k2 is missing
     assert "2 of 4 experiments done" in progress[0] and progress[0].endswith("running study-comparison")
-    assert "4 of 4 experiments done" in progress[1] and "running" not in progress[1]
+    assert "3 of 4 experiments done" in progress[1] and "running" not in progress[1]
+    assert "4 of 4 experiments done" in progress[2]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
 import logging
 import subprocess
 import sys
@@ -204,37 +203,45 @@ def run(settings: Sequence[Setting], jobs: int = JOBS) -> float:
         log.info("queued %s: %s", setting.experiment, " ".join(setting.overrides))
     if todo:
         _dvc("queue", "start", "-j", str(jobs), capture=True)
-        _wait_for_queue(len(todo), start)
+        _wait_for_queue([s.experiment for s in todo], start)
     return time.perf_counter() - start
+
+
+# A name queued again after it failed is listed twice; its newer state ranks higher.
+QUEUE_STATES = ("Failed", "Success", "Queued", "Running")
 
 
 def queue_states(status: str) -> dict[str, str]:
     """``{experiment: Queued | Running | Success | Failed}`` from the table ``dvc queue status`` prints
     (columns Task, Name, Created, Status; every study experiment has a name)."""
-    states = {}
+    states: dict[str, str] = {}
     for line in status.splitlines():
         words = line.split()
-        if len(words) >= 3 and words[-1] in ("Queued", "Running", "Success", "Failed"):
-            states[words[1]] = words[-1]
+        if len(words) >= 3 and words[-1] in QUEUE_STATES:
+            earlier = states.get(words[1], QUEUE_STATES[0])
+            states[words[1]] = max(earlier, words[-1], key=QUEUE_STATES.index)
     return states
 
 
-def _wait_for_queue(total: int, start: float, poll_s: float = 30.0) -> None:
+def _wait_for_queue(experiments: Sequence[str], start: float, poll_s: float = 30.0) -> None:
+    """Until every one of ``experiments`` has succeeded or failed. An experiment the status does not list is
+    not done: ``dvc queue status`` briefly leaves out a task that a worker has taken but not yet started."""
     while True:
         states = queue_states(_dvc("queue", "status", capture=True))
-        running = [name for name, state in states.items() if state == "Running"]
-        waiting = running + [name for name, state in states.items() if state == "Queued"]
+        mine = {name: states.get(name) for name in experiments}
+        ended = [name for name, state in mine.items() if state in ("Success", "Failed")]
+        running = [name for name, state in mine.items() if state == "Running"]
         log.info(
             "study: %d of %d experiments done, %s elapsed%s",
-            total - len(waiting),
-            total,
+            len(ended),
+            len(mine),
             duration(time.perf_counter() - start),
             f"; running {', '.join(running)}" if running else "",
         )
-        if not waiting:
+        if len(ended) == len(mine):
             break
         time.sleep(poll_s)
-    if failed := [name for name, state in states.items() if state == "Failed"]:
+    if failed := [name for name, state in mine.items() if state == "Failed"]:
         raise HardmaskError(f"study experiments failed: {failed}; `dvc queue logs <name>` shows why")
 
 
@@ -441,10 +448,6 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.params)
         path = write_report(collect(settings), Path(cfg.base.reports_dir), wall_s)
         log.info("wrote %s", path)
-        if wall_s is not None:
-            (Path(cfg.base.reports_dir) / "study_time.json").write_text(
-                json.dumps({"wall_s": round(wall_s)}) + "\n"
-            )
     return 0
 
 
