@@ -214,3 +214,22 @@ def test_the_progress_line_names_the_running_experiments_and_failures_end_the_wa
     assert "2 of 4 experiments done" in progress[0] and progress[0].endswith("running study-comparison")
     assert "3 of 4 experiments done" in progress[1] and "running" not in progress[1]
     assert "4 of 4 experiments done" in progress[2]
+
+
+def test_a_queue_without_a_live_worker_ends_the_wait_with_what_to_do(monkeypatch, caplog):
+    # what `dvc queue status` said after the worker was killed (SIGKILL) in a real queue: Running for ever
+    dead = QUEUE_STATUS.replace("1 active, 0 idle", "0 active, 0 idle")
+    assert study.queue_workers(dead) == 0 and study.queue_workers(QUEUE_STATUS) == 1
+    assert study.queue_workers("No experiment tasks in the queue.") is None  # unknown: never a reason to stop
+    answers = iter([dead, dead, QUEUE_STATUS, dead, dead, dead])
+    clock = iter([0.0, 200.0, 250.0, 400.0, 600.0])  # a live worker in between starts the count again
+    monkeypatch.setattr(study, "_dvc", lambda *args, capture=False: next(answers))
+    monkeypatch.setattr(study.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(study.time, "sleep", lambda s: None)
+    names = ["study-comparison", "study-k1", "study-k2"]
+    with caplog.at_level("INFO", logger="hardmask.study"), pytest.raises(HardmaskError) as error:
+        study._wait_for_queue(names, start=study.time.perf_counter())
+    assert len(caplog.records) == 6  # polls: not before 300 s without a worker
+    message = str(error.value)
+    assert "study-comparison, study-k2 did not finish" in message
+    assert "`dvc queue kill study-comparison`" in message and "make study" in message

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import html
 import logging
+import re
 import subprocess
 import sys
 import tempfile
@@ -209,6 +210,9 @@ def run(settings: Sequence[Setting], jobs: int = JOBS) -> float:
 
 # A name queued again after it failed is listed twice; its newer state ranks higher.
 QUEUE_STATES = ("Failed", "Success", "Queued", "Running")
+# Seconds without a live queue worker (several polls: one can miss a busy worker's answer) before the study
+# stops waiting for unfinished experiments.
+WORKERLESS_S = 300.0
 
 
 def queue_states(status: str) -> dict[str, str]:
@@ -223,11 +227,21 @@ def queue_states(status: str) -> dict[str, str]:
     return states
 
 
+def queue_workers(status: str) -> int | None:
+    """How many queue workers are alive (active or idle), from the last line of ``dvc queue status``."""
+    found = re.search(r"Worker status: (\d+) active, (\d+) idle", status)
+    return None if found is None else int(found[1]) + int(found[2])
+
+
 def _wait_for_queue(experiments: Sequence[str], start: float, poll_s: float = 30.0) -> None:
     """Until every one of ``experiments`` has succeeded or failed. An experiment the status does not list is
-    not done: ``dvc queue status`` briefly leaves out a task that a worker has taken but not yet started."""
+    not done: ``dvc queue status`` briefly leaves out a task that a worker has taken but not yet started. A
+    worker that dies (killed, out of memory) leaves its experiment ``Running`` for ever, so no worker for
+    :data:`WORKERLESS_S` with experiments unfinished ends the wait with what to do."""
+    workerless_since = None
     while True:
-        states = queue_states(_dvc("queue", "status", capture=True))
+        status = _dvc("queue", "status", capture=True)
+        states = queue_states(status)
         mine = {name: states.get(name) for name in experiments}
         ended = [name for name, state in mine.items() if state in ("Success", "Failed")]
         running = [name for name, state in mine.items() if state == "Running"]
@@ -240,6 +254,19 @@ def _wait_for_queue(experiments: Sequence[str], start: float, poll_s: float = 30
         )
         if len(ended) == len(mine):
             break
+        if queue_workers(status) != 0:
+            workerless_since = None
+        elif workerless_since is None:
+            workerless_since = time.monotonic()
+        elif time.monotonic() - workerless_since >= WORKERLESS_S:
+            unfinished = ", ".join(name for name in mine if name not in ended)
+            kill = " ".join(running) or "<name>"
+            raise HardmaskError(
+                f"no DVC queue worker has been alive for {duration(WORKERLESS_S)}, but {unfinished} did not "
+                f"finish: a worker died (killed, out of memory?). `dvc queue kill {kill}` and "
+                "`dvc queue remove --queued`, then `make study` runs the missing experiments again (finished "
+                "ones are kept)"
+            )
         time.sleep(poll_s)
     if failed := [name for name, state in mine.items() if state == "Failed"]:
         raise HardmaskError(f"study experiments failed: {failed}; `dvc queue logs <name>` shows why")
