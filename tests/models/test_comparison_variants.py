@@ -82,3 +82,50 @@ def test_linear_probe_trains_its_head_only():
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"fc_norm.weight", "fc_norm.bias", "head.weight"}
     assert VARIANTS["linear_probe"].frozen_roles  # whatever the model.freeze_* flags say
+
+
+def _group_dro_rank(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    features, labels, groups = _group_dro_batch()
+    head = torch.nn.Linear(4, 2)  # the same parameters on every rank, as DDP keeps them
+    torch.nn.init.constant_(head.bias, 0.0)
+    with torch.no_grad():
+        head.weight.copy_(torch.linspace(-1, 1, 8).view(2, 4))
+    half = slice(rank * 3, rank * 3 + 3)
+    dro = GroupDRO(num_groups=3, step_size=0.5)
+    for _ in range(2):
+        head.zero_grad()
+        dro(head(features[half]), labels[half], groups[half]).backward()
+    grad = head.weight.grad.clone()
+    dist.all_reduce(grad)  # the trainer averages the gradients over ranks
+    torch.save({"weights": dro.weights, "grad": grad / world}, f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def _group_dro_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    features = torch.arange(24, dtype=torch.float32).view(6, 4).sin()
+    labels = torch.tensor([0, 0, 0, 1, 1, 0])
+    groups = torch.tensor([0, 0, 1, 2, 2, 1])  # rank 0 sees groups 0 and 1, rank 1 groups 2 and 1
+    return features, labels, groups
+
+
+def test_group_dro_under_ddp_is_the_single_process_algorithm_on_the_global_batch(tmp_path):
+    # per-rank weights would differ (each rank raising its own batch's groups) and break resume from rank 0's
+    import torch.multiprocessing as mp
+
+    mp.spawn(_group_dro_rank, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    features, labels, groups = _group_dro_batch()
+    head = torch.nn.Linear(4, 2)
+    torch.nn.init.constant_(head.bias, 0.0)
+    with torch.no_grad():
+        head.weight.copy_(torch.linspace(-1, 1, 8).view(2, 4))
+    dro = GroupDRO(num_groups=3, step_size=0.5)
+    for _ in range(2):
+        head.zero_grad()
+        dro(head(features), labels, groups).backward()
+    for rank in range(2):
+        result = torch.load(tmp_path / f"rank{rank}.pt")
+        torch.testing.assert_close(result["weights"], dro.weights, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(result["grad"], head.weight.grad, rtol=1e-5, atol=1e-7)
