@@ -89,10 +89,7 @@ def _group_dro_rank(rank: int, world: int, init_file: str, out_dir: str) -> None
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     features, labels, groups = _group_dro_batch()
-    head = torch.nn.Linear(4, 2)  # the same parameters on every rank, as DDP keeps them
-    torch.nn.init.constant_(head.bias, 0.0)
-    with torch.no_grad():
-        head.weight.copy_(torch.linspace(-1, 1, 8).view(2, 4))
+    head = _group_dro_head()  # the same parameters on every rank, as DDP keeps them
     half = slice(rank * 3, rank * 3 + 3)
     dro = GroupDRO(num_groups=3, step_size=0.5)
     for _ in range(2):
@@ -102,6 +99,14 @@ def _group_dro_rank(rank: int, world: int, init_file: str, out_dir: str) -> None
     dist.all_reduce(grad)  # the trainer averages the gradients over ranks
     torch.save({"weights": dro.weights, "grad": grad / world}, f"{out_dir}/rank{rank}.pt")
     dist.destroy_process_group()
+
+
+def _group_dro_head() -> torch.nn.Linear:
+    head = torch.nn.Linear(4, 2)
+    with torch.no_grad():
+        head.weight.copy_(torch.linspace(-1, 1, 8).view(2, 4))
+        head.bias.zero_()
+    return head
 
 
 def _group_dro_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -117,10 +122,7 @@ def test_group_dro_under_ddp_is_the_single_process_algorithm_on_the_global_batch
 
     mp.spawn(_group_dro_rank, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
     features, labels, groups = _group_dro_batch()
-    head = torch.nn.Linear(4, 2)
-    torch.nn.init.constant_(head.bias, 0.0)
-    with torch.no_grad():
-        head.weight.copy_(torch.linspace(-1, 1, 8).view(2, 4))
+    head = _group_dro_head()
     dro = GroupDRO(num_groups=3, step_size=0.5)
     for _ in range(2):
         head.zero_grad()

@@ -288,3 +288,24 @@ def test_system_metrics_monitor_runs_with_the_tracker_and_stops_at_the_end(tmp_p
     tracker.end()
     assert monitors() == []
     assert MlflowClient(mlflow_uri).get_run(tracker.run_id).info.status == "FINISHED"
+
+
+def test_a_job_that_loses_the_race_to_create_the_experiment_uses_the_winners(tmp_path: Path):
+    # seen in CI: two training jobs started together on a fresh store both looked the experiment up, found
+    # nothing, and the second create_experiment failed on the unique name
+    from hardmask.tracking.mlflow import ensure_experiment
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    winner = ensure_experiment(MlflowClient(uri), "race", uri)
+
+    class LateClient(MlflowClient):  # its lookup ran before the winner's create
+        looked_up = False
+
+        def get_experiment_by_name(self, name):
+            if not self.looked_up:
+                self.looked_up = True
+                return None
+            return super().get_experiment_by_name(name)
+
+    assert ensure_experiment(LateClient(uri), "race", uri) == winner
+    assert len(MlflowClient(uri).search_experiments(filter_string="name = 'race'")) == 1

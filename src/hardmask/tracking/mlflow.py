@@ -83,13 +83,20 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
     """The id of experiment ``name``, created on first use and tagged as model development. With a sqlite
     store its artifacts go to ``mlartifacts/`` beside the database, whatever the working directory of the job
     that logs them."""
+    from mlflow.exceptions import MlflowException
+
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         db_path = _sqlite_path(uri)
         artifacts = str(db_path.parent / "mlartifacts") if db_path is not None else None
-        return client.create_experiment(
-            name, artifact_location=artifacts, tags={EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT}
-        )
+        try:
+            return client.create_experiment(
+                name, artifact_location=artifacts, tags={EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT}
+            )
+        except MlflowException as error:  # jobs that start together: another one created it since the lookup
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment = client.get_experiment_by_name(name)
     if EXPERIMENT_KIND_TAG not in experiment.tags:  # a store made before the tag existed
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
     return experiment.experiment_id
