@@ -5,6 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.hardmask-installed
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 
 .PHONY: repro test test-all lint env clean-env mlflow-ui bench params study
 
@@ -21,8 +22,9 @@ $(STAMP): pyproject.toml
 repro: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
+# Two pytest-xdist workers keep both cores of a small machine busy (TEST_WORKERS=0: one process, in order).
 test: $(STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=15 $(PYTEST_ARGS)
 
 # params.yaml is composed from conf/ (Hydra, as `dvc exp run -S ...` does); rewrite it after editing conf/.
 params: $(STAMP)
@@ -39,7 +41,7 @@ mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
 
 # The opt-in study: the paper's comparison and ablation tables and a robustness grid, as queued DVC
-# experiments (reports/study.md). 53 min on an idle 2-core machine (README, "The study").
+# experiments (reports/study.md). 39 min on an idle 2-core machine (README, "The study").
 study: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m hardmask.study run
 

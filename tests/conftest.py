@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -103,10 +104,27 @@ def tiny_cfg(tmp_path: Path) -> Config:
     return make_tiny_config(tmp_path)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """For `make test`'s parallel workers (pytest-xdist): the slow tests first, so that the run does not end
+    on one long test with the other worker idle; the SLURM tests on one worker, since they share the one
+    local node's CPUs and wait for each other's jobs otherwise; a `shared_setup` module on one worker, so that
+    its fixture is built once."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        if item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+        elif item.get_closest_marker("shared_setup"):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
 @pytest.fixture(autouse=True)
 def _few_threads():
-    # Two cores on CI: keep intra-op threads low so parallel helpers (DataLoader, subprocesses) don't thrash.
+    # Two cores on CI: keep intra-op threads low so parallel helpers (DataLoader, subprocesses) don't thrash,
+    # and at one per pytest-xdist worker when the workers already fill the cores.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     previous = torch.get_num_threads()
-    torch.set_num_threads(min(previous, 2))
+    torch.set_num_threads(max(1, min(previous, 2, (os.cpu_count() or 1) // workers)))
     yield
     torch.set_num_threads(previous)

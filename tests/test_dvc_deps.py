@@ -22,6 +22,7 @@ from hardmask.config import flatten, save_config
 
 from .conftest import DEFAULT, REPO, make_tiny_config
 
+pytestmark = pytest.mark.shared_setup  # every test reads the one audit of the four stages
 STAGES = ("prepare", "train", "evaluate", "report")
 
 
