@@ -104,19 +104,10 @@ def tiny_cfg(tmp_path: Path) -> Config:
     return make_tiny_config(tmp_path)
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """For `make test`'s parallel workers (pytest-xdist): the slow tests first, so that the run does not end
-    on one long test with the other worker idle; the SLURM tests on one worker, since they share the one
-    local node's CPUs and wait for each other's jobs otherwise; a `shared_setup` module on one worker, so that
-    its fixture is built once."""
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The slow tests first: `make test` runs the test files on two workers (pytest-xdist, --dist loadfile), in
+    # the order their first test comes, so the run does not end on one long file with the other worker idle.
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        if item.get_closest_marker("slurm"):
-            item.add_marker(pytest.mark.xdist_group("slurm"))
-        elif item.get_closest_marker("shared_setup"):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 @pytest.fixture(autouse=True)

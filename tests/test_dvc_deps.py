@@ -22,7 +22,6 @@ from hardmask.config import flatten, save_config
 
 from .conftest import DEFAULT, REPO, make_tiny_config
 
-pytestmark = pytest.mark.shared_setup  # every test reads the one audit of the four stages
 STAGES = ("prepare", "train", "evaluate", "report")
 
 
