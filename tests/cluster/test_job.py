@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,13 @@ def test_debug_array_returns_results_in_order_with_run_dirs(tmp_path: Path):
     assert [(r.variant, r.seed) for r in results] == pairs
     assert [r.run_dir for r in results] == [str(tmp_path / "runs" / v / f"seed{s}") for v, s in pairs]
     assert {(r.rank, r.world_size) for r in results} == {(0, 1)}
+
+
+def test_the_stage_returns_when_the_last_job_ends_not_a_poll_interval_later(tmp_path: Path):
+    cfg = _cfg(tmp_path, executor="debug", poll_interval_s=30.0)  # debug jobs end at their first poll
+    start = time.monotonic()
+    submit_training(cfg, [("baseline_vit", 0), ("baseline_vit", 1)], target=ECHO)
+    assert time.monotonic() - start < 30.0
 
 
 def test_failures_wait_for_all_jobs_and_carry_the_remote_traceback(tmp_path: Path):

@@ -184,8 +184,7 @@ def submit_training(
     watch = JobWatch(cfg, len(variants_seeds))
     try:
         _submit(executor, TrainJob(target), cfg, variants_seeds, watch)
-        while not watch.all_done():
-            watch.poll()
+        while watch.poll():  # every job is submitted here: the count left is the condition, no extra sleep
             time.sleep(cfg.cluster.poll_interval_s)
     except KeyboardInterrupt:  # Ctrl-C on the stage: do not leave its jobs running
         watch.cancel()
