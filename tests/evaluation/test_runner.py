@@ -210,6 +210,24 @@ def test_evaluate_run_metrics_interventions_and_files(tmp_path, fakes):
     assert run.run_key == training_key(cfg.dump(), "two_stage_hard", 0) and logged_frame is df
 
 
+def test_a_last_checkpoint_equal_to_the_best_is_not_evaluated_again(tmp_path, fakes):
+    cfg = make_tiny_config(tmp_path)
+    run_dir = _write_run(cfg)
+    ckpt_dir = run_dir / "checkpoints"
+    best = torch.load(ckpt_dir / "best.pt", weights_only=True)
+    torch.save({**best, "ema": None}, ckpt_dir / "last.pt")  # training ended on its best epoch
+    df = runner.evaluate_run(cfg, run_dir)
+
+    best_model, last_model = fakes["models"]
+    assert best_model.calls and not last_model.calls
+    rows = df.query("split in ['val', 'test'] and intervention == 'none'")
+    pd.testing.assert_frame_equal(
+        rows[rows["checkpoint"] == "last"].drop(columns="checkpoint").reset_index(drop=True),
+        rows[rows["checkpoint"] == "best"].drop(columns="checkpoint").reset_index(drop=True),
+    )
+    assert _value(df, "test", "avg_acc", checkpoint="last") == pytest.approx(7 / 8)
+
+
 def test_evaluation_is_deterministic(tmp_path, fakes):
     cfg = make_tiny_config(tmp_path)
     run_dir = _write_run(cfg)

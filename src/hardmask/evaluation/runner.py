@@ -15,7 +15,8 @@ Protocol (method spec §6, §10.3-10.6):
   validation worst-group accuracy is reported on every split as ``selected``; the other splits (OOD
   variants) get ``none`` and ``selected`` only, which bounds the cost. Models without parts get ``none``;
 - the configured checkpoint (``evaluate.checkpoint``, default ``best``) is evaluated in full; with ``best``,
-  ``last.pt`` is evaluated too, on ``val``/``test`` without interventions (rows with ``checkpoint=last``);
+  ``last.pt`` is evaluated too, on ``val``/``test`` without interventions (rows with ``checkpoint=last``;
+  where training ended on its best epoch, the two checkpoints hold the same weights and share the predictions);
 - a split of ``evaluate.splits`` that the dataset does not have is skipped with a warning.
 """
 
@@ -269,10 +270,11 @@ def _settings(ev: _Evaluation) -> tuple[list[InterventionSetting], dict[float, t
 
 def _sweep(
     ev: _Evaluation, settings: list[InterventionSetting], records: _RunRecords, overlays: OverlayPicker | None
-) -> tuple[str, dict[str, float]]:
-    """Evaluate every split (val first); return the selected setting and the validation worst-group accs."""
+) -> tuple[str, dict[str, float], dict[str, SplitResult]]:
+    """Evaluate every split (val first); return the selected setting, the validation worst-group accs and
+    each split's result without intervention."""
     by_name = {s.name: s for s in settings}
-    selected, val_wga = NO_INTERVENTION, {}
+    selected, val_wga, unchanged = NO_INTERVENTION, {}, {}
     overlay_split = "test" if "test" in ev.loaders else next(iter(ev.loaders))
     order = {split: rank for rank, split in enumerate(FULL_SWEEP_SPLITS)}
     for split in sorted(ev.loaders, key=lambda s: order.get(s, len(order))):
@@ -280,6 +282,7 @@ def _sweep(
             settings if split in FULL_SWEEP_SPLITS else _unique([by_name[NO_INTERVENTION], by_name[selected]])
         )
         results = ev.predict(ev.run.model, split, sweep, overlays if split == overlay_split else None)
+        unchanged[split] = results[NO_INTERVENTION]
         for name, result in results.items():
             records.add(ev.run.checkpoint, split, name, result)
         if split == "val":
@@ -290,7 +293,12 @@ def _sweep(
             records.add(ev.run.checkpoint, split, SELECTED, results[selected])
     if "val" not in ev.loaders and len(settings) > 1:
         log.warning("no validation split: 'selected' is 'none' (an intervention is never chosen on test)")
-    return selected, val_wga
+    return selected, val_wga, unchanged
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    wa, wb = a.state_dict(), b.state_dict()
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def _unique(settings: Iterable[InterventionSetting]) -> list[InterventionSetting]:
@@ -312,12 +320,19 @@ def evaluate_run(cfg: Config, run_dir: str | Path) -> pd.DataFrame:
         overlays = OverlayPicker(
             cfg.report.overlay_per_group, mean=ev.mean, std=ev.std, group_names=ev.context.names
         )
-    selected, val_wga = _sweep(ev, settings, records, overlays)
+    selected, val_wga, unchanged = _sweep(ev, settings, records, overlays)
 
     if cfg.evaluate.checkpoint == "best" and layout.RunFiles(run_dir).last.is_file():  # §10.6
         last = load_run(cfg, run_dir, "last", ev.train_set.num_classes, ev.device)
+        # A run whose best epoch is its last has the same weights twice: a deterministic evaluation of them
+        # gives the same predictions, already computed (a two-stage run's val and test cost a tenth of it).
+        same = not cfg.model.stochastic_eval and _same_weights(last.model, ev.run.model)
         for split in (s for s in FULL_SWEEP_SPLITS if s in ev.loaders):
-            result = ev.predict(last.model, split, [InterventionSetting(NO_INTERVENTION)])[NO_INTERVENTION]
+            result = (
+                unchanged[split]
+                if same
+                else ev.predict(last.model, split, [InterventionSetting(NO_INTERVENTION)])[NO_INTERVENTION]
+            )
             records.add("last", split, NO_INTERVENTION, result)
 
     records.add_bg_gaps()
