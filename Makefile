@@ -43,7 +43,7 @@ mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
 
 # The opt-in study: the paper's comparison and ablation tables and a robustness grid, as queued DVC
-# experiments (reports/study.md). 39 min on an idle 2-core machine (README, "The study").
+# experiments (reports/study.md). 35 min on an idle 2-core machine (README, "The study").
 study: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m hardmask.study run
 
