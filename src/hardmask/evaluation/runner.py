@@ -16,7 +16,7 @@ Protocol (method spec §6, §10.3-10.6):
   variants) get ``none`` and ``selected`` only, which bounds the cost. Models without parts get ``none``;
 - the configured checkpoint (``evaluate.checkpoint``, default ``best``) is evaluated in full; with ``best``,
   ``last.pt`` is evaluated too, on ``val``/``test`` without interventions (rows with ``checkpoint=last``;
-  where training ended on its best epoch, the two checkpoints hold the same weights and share the predictions);
+  where training ended on its best epoch, both checkpoints hold the same weights and share the predictions);
 - a split of ``evaluate.splits`` that the dataset does not have is skipped with a warning.
 """
 
@@ -324,8 +324,8 @@ def evaluate_run(cfg: Config, run_dir: str | Path) -> pd.DataFrame:
 
     if cfg.evaluate.checkpoint == "best" and layout.RunFiles(run_dir).last.is_file():  # §10.6
         last = load_run(cfg, run_dir, "last", ev.train_set.num_classes, ev.device)
-        # A run whose best epoch is its last has the same weights twice: a deterministic evaluation of them
-        # gives the same predictions, already computed (a two-stage run's val and test cost a tenth of it).
+        # A run whose best epoch is its last holds the same weights twice, and a deterministic evaluation of
+        # them gives the same predictions: reuse them (val and test again: a tenth of a two-stage evaluation).
         same = not cfg.model.stochastic_eval and _same_weights(last.model, ev.run.model)
         for split in (s for s in FULL_SWEEP_SPLITS if s in ev.loaders):
             result = (
