@@ -48,13 +48,10 @@ def _ran(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    """A clone of the repository with the working tree's pipeline code and a tiny study composed by Hydra
-    (conf/tiny.yaml last in the defaults list), committed, so that experiments start from it."""
-    if not (REPO / ".git").exists():
-        pytest.skip("needs the project's git repository to clone")
-    work = tmp_path / "repo"
+def _tiny_project(work: Path) -> dict[str, str]:
+    """Clone the repository into ``work`` with the working tree's pipeline code and a tiny study composed by
+    Hydra (conf/tiny.yaml last in the defaults list), committed, so that experiments start from it; returns
+    the environment the DVC commands run in."""
     subprocess.run(["git", "clone", "-q", str(REPO), str(work)], check=True)
     # The working tree's pipeline, so that the test checks what is being changed, not the last commit.
     for name in ("dvc.yaml", ".dvc/config"):
@@ -78,12 +75,33 @@ def project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     subprocess.run(
         ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], cwd=work, check=True
     )
-    return work, env
+    return env
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], str]:
+    """The tiny project after its first `dvc repro`, and what that printed. Both tests start from it, each in
+    its own copy: the study is trained once per module instead of once per test."""
+    if not (REPO / ".git").exists():
+        pytest.skip("needs the project's git repository to clone")
+    work = tmp_path_factory.mktemp("reproduced") / "repo"
+    env = _tiny_project(work)
+    return work, env, _run([DVC, "repro"], work, env)
+
+
+@pytest.fixture
+def project(reproduced, tmp_path: Path) -> tuple[Path, dict[str, str], str]:
+    """A copy of the reproduced project (git, DVC cache, outputs, MLflow store) that a test may change. The
+    MLflow experiment keeps the artifact location it was created with (absolute, in the original), so
+    artifacts logged from a copy land there; the tests read the copy's store, not artifacts."""
+    original, env, first = reproduced
+    work = tmp_path / "repo"
+    shutil.copytree(original, work, symlinks=True)
+    return work, {**env, "PYTHONPATH": str(work / "src")}, first
 
 
 def test_dvc_repro_runs_every_stage_then_nothing_then_only_what_changed(project):
-    work, env = project
-    first = _run([DVC, "repro"], work, env)
+    work, env, first = project
     assert _ran(first) == {"prepare", "train", "evaluate", "report"}
     for out in (
         "reports/report.md",
@@ -147,8 +165,7 @@ def test_queued_experiments_keep_their_runs_and_mlflow_records(project):
     `dvc exp apply` brings back their trained runs and report, with nothing left to rerun."""
     from mlflow.tracking import MlflowClient
 
-    work, env = project
-    _run([DVC, "repro"], work, env)  # the baseline
+    work, env, _ = project  # the baseline is reproduced
     for name, lr in (("lr-a", "0.003"), ("lr-b", "0.004")):
         _run([DVC, "exp", "run", "--queue", "-n", name, "-S", f"optim.lr={lr}"], work, env)
     _run([DVC, "queue", "start", "-j", str(study.JOBS)], work, env)  # two at once, as the study runs them
