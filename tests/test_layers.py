@@ -76,3 +76,18 @@ def test_the_report_loads_no_model_code():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_train_stage_checks_its_variants_without_loading_model_code():
+    """Before it submits any job the train stage imports its modules and checks the variants: torch, timm and
+    the models load in the jobs, not there (they held the first job back by about 3 s, with a core idle)."""
+    code = (
+        "import sys; sys.path.insert(0, '.'); import stages.train; "
+        "from hardmask.models import VARIANTS, check_variants, describe_variants; "
+        "check_variants(VARIANTS); describe_variants(VARIANTS); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'timm', 'albumentations') "
+        "or m.startswith(('hardmask.models.', 'hardmask.data', 'hardmask.training')) "
+        "and m != 'hardmask.models.registry'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

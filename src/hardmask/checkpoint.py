@@ -13,14 +13,19 @@ import json
 import random
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from hardmask.config import flatten
 from hardmask.errors import HardmaskError
 from hardmask.io import atomic_torch_save
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where a function needs it: the train stage compares configs (training_config_diff)
+# before it submits its jobs, and importing torch there would hold the first job back by a second.
 
 
 class CheckpointError(HardmaskError, RuntimeError):
@@ -28,6 +33,8 @@ class CheckpointError(HardmaskError, RuntimeError):
 
 
 def capture_rng_state() -> dict[str, Any]:
+    import torch
+
     np_state = np.random.get_state(legacy=False)
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -43,6 +50,8 @@ def capture_rng_state() -> dict[str, Any]:
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
     torch.set_rng_state(state["torch"])
     np.random.set_state(
         {
@@ -63,6 +72,8 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")

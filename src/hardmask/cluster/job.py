@@ -177,7 +177,10 @@ def submit_training(
     """
     if not variants_seeds:
         raise ValueError("submit_training: no (variant, seed) pairs to run")
-    resolve_target(target)  # fail here, not once per job, on a misspelled target
+    if target != DEFAULT_TARGET:  # fail here, not once per job, on a misspelled target
+        # (the package's own trainer is tested to resolve; importing it here would load torch, timm and the
+        # data stack before the first job could start)
+        resolve_target(target)
     check_variants([variant for variant, _ in variants_seeds])
     supersede_stale_runs(cfg, variants_seeds)
     executor = make_executor(cfg.cluster, layout.logs_dir(cfg, "train"), name)

@@ -1,49 +1,50 @@
-"""Models: the two-stage ViT (stage 1 part discovery, hard-masked stage 2), its baselines and the registry."""
+"""Models: the two-stage ViT (stage 1 part discovery, hard-masked stage 2), its baselines and the registry.
 
-from hardmask.models.backbone import BackboneError, ParamRole
-from hardmask.models.baselines import BaselineViT, OracleMaskModel, Stage1OnlyModel
-from hardmask.models.interventions import Interventions, apply_interventions
-from hardmask.models.mask import PatchMask, oracle_patch_mask, sample_patch_mask
-from hardmask.models.outputs import ModelOutput
-from hardmask.models.registry import (
-    VARIANTS,
-    Variant,
-    apply_freezing,
-    build_model,
-    check_variants,
-    describe_variants,
-    get_variant,
-)
-from hardmask.models.stage1 import PartDiscoveryViT, PartScores, Stage1Output
-from hardmask.models.stage2 import MaskedViT
-from hardmask.models.two_stage import TwoStageViT
-from hardmask.models.weights import WeightsError, create_backbone, load_reference_checkpoint
+Each name is imported from its module on first use (PEP 562), so that ``from hardmask.models import
+check_variants`` loads the registry only: the train stage checks its variants before it submits the jobs, and
+loading torch and timm there would hold every job back.
+"""
 
-__all__ = [
-    "VARIANTS",
-    "Variant",
-    "check_variants",
-    "describe_variants",
-    "get_variant",
-    "BackboneError",
-    "BaselineViT",
-    "Interventions",
-    "MaskedViT",
-    "ModelOutput",
-    "OracleMaskModel",
-    "ParamRole",
-    "PartDiscoveryViT",
-    "PartScores",
-    "PatchMask",
-    "Stage1OnlyModel",
-    "Stage1Output",
-    "TwoStageViT",
-    "WeightsError",
-    "apply_freezing",
-    "apply_interventions",
-    "build_model",
-    "create_backbone",
-    "load_reference_checkpoint",
-    "oracle_patch_mask",
-    "sample_patch_mask",
-]
+from importlib import import_module
+
+_MODULE_OF = {
+    "BackboneError": "backbone",
+    "ParamRole": "backbone",
+    "BaselineViT": "baselines",
+    "OracleMaskModel": "baselines",
+    "Stage1OnlyModel": "baselines",
+    "Interventions": "interventions",
+    "apply_interventions": "interventions",
+    "PatchMask": "mask",
+    "oracle_patch_mask": "mask",
+    "sample_patch_mask": "mask",
+    "ModelOutput": "outputs",
+    "VARIANTS": "registry",
+    "Variant": "registry",
+    "apply_freezing": "registry",
+    "build_model": "registry",
+    "check_variants": "registry",
+    "describe_variants": "registry",
+    "get_variant": "registry",
+    "PartDiscoveryViT": "stage1",
+    "PartScores": "stage1",
+    "Stage1Output": "stage1",
+    "MaskedViT": "stage2",
+    "TwoStageViT": "two_stage",
+    "WeightsError": "weights",
+    "create_backbone": "weights",
+    "load_reference_checkpoint": "weights",
+}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+    globals()[name] = value  # the next lookup is an ordinary attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -23,18 +23,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from hardmask.config import ConfigError, ModelSection
-from hardmask.models.backbone import ParamRole
-from hardmask.models.baselines import BaselineViT, LateMaskOracle, OracleMaskModel, Stage1OnlyModel
-from hardmask.models.stage1 import PartDiscoveryViT
-from hardmask.models.stage2 import MaskedViT
-from hardmask.models.two_stage import TwoStageViT
-from hardmask.models.weights import create_backbone
 
-Builder = Callable[[ModelSection, int, int], nn.Module]  # (model config, num_classes, image_size) -> model
+if TYPE_CHECKING:
+    from torch import nn
+
+    from hardmask.models.backbone import ParamRole
+    from hardmask.models.stage1 import PartDiscoveryViT
+    from hardmask.models.stage2 import MaskedViT
+
+# The table itself loads no model code (each builder imports what it builds): a stage that only checks or
+# describes variants, such as the train stage before it submits its jobs, does not wait for torch and timm.
+Builder = Callable[[ModelSection, int, int], "nn.Module"]  # (model config, num_classes, image_size) -> model
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,9 @@ class Variant:
 
 # ----------------------------------------------------------------------------------------------- builders
 def _stage1(cfg: ModelSection, num_classes: int, image_size: int) -> PartDiscoveryViT:
+    from hardmask.models.stage1 import PartDiscoveryViT
+    from hardmask.models.weights import create_backbone
+
     backbone = cfg.backbone
     return PartDiscoveryViT(
         create_backbone(backbone, image_size, backbone.drop_path_stage1),
@@ -65,12 +70,17 @@ def _stage1(cfg: ModelSection, num_classes: int, image_size: int) -> PartDiscove
 
 
 def _stage2(cfg: ModelSection, num_classes: int, image_size: int) -> MaskedViT:
+    from hardmask.models.stage2 import MaskedViT
+    from hardmask.models.weights import create_backbone
+
     backbone = create_backbone(cfg.backbone, image_size, cfg.backbone.drop_path_stage2)
     return MaskedViT(backbone, num_classes, impl=cfg.stage2_impl)
 
 
 def _two_stage(soft_masks: bool) -> Builder:
     def build(cfg: ModelSection, num_classes: int, image_size: int) -> nn.Module:
+        from hardmask.models.two_stage import TwoStageViT
+
         stage1 = _stage1(cfg, num_classes, image_size)  # built first: the RNG draws of stage 1 come first
         return TwoStageViT(
             stage1,
@@ -84,18 +94,28 @@ def _two_stage(soft_masks: bool) -> Builder:
 
 
 def _baseline(cfg: ModelSection, num_classes: int, image_size: int) -> nn.Module:
+    from hardmask.models.baselines import BaselineViT
+    from hardmask.models.weights import create_backbone
+
     return BaselineViT(create_backbone(cfg.backbone, image_size, cfg.backbone.drop_path_stage2), num_classes)
 
 
 def _stage1_only(cfg: ModelSection, num_classes: int, image_size: int) -> nn.Module:
+    from hardmask.models.baselines import Stage1OnlyModel
+
     return Stage1OnlyModel(_stage1(cfg, num_classes, image_size))
 
 
 def _oracle(cfg: ModelSection, num_classes: int, image_size: int) -> nn.Module:
+    from hardmask.models.baselines import OracleMaskModel
+
     return OracleMaskModel(_stage2(cfg, num_classes, image_size), patch_threshold=cfg.oracle_patch_threshold)
 
 
 def _late_mask(cfg: ModelSection, num_classes: int, image_size: int) -> nn.Module:
+    from hardmask.models.baselines import LateMaskOracle
+    from hardmask.models.weights import create_backbone
+
     backbone = create_backbone(cfg.backbone, image_size, cfg.backbone.drop_path_stage2)
     return LateMaskOracle(backbone, num_classes, patch_threshold=cfg.oracle_patch_threshold)
 
