@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 
 import pytest
@@ -47,3 +48,25 @@ def test_the_same_checkpoint_saved_twice_has_the_same_bytes(tmp_path):
     atomic_torch_save(state, tmp_path / "b" / "last.pt")
     assert (tmp_path / "a" / "last.pt").read_bytes() == (tmp_path / "b" / "last.pt").read_bytes()
     assert torch.load(tmp_path / "a" / "last.pt", weights_only=True)["loop"] == {"epoch": 3}
+
+
+class _CtrlCWhilePickled:
+    """Pickled inside torch.save: Ctrl-C arrives in the middle of the checkpoint write."""
+
+    def __reduce__(self):
+        signal.raise_signal(signal.SIGINT)
+        return (float, (0.0,))
+
+
+def test_ctrl_c_during_a_checkpoint_write_takes_effect_once_the_file_is_whole(tmp_path):
+    # (torch.save cut by the KeyboardInterrupt raised a RuntimeError from its zip writer: the run that Ctrl-C
+    # stopped was recorded as failed, not killed)
+    path = tmp_path / "last.pt"
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # also where the tests ignore SIGINT
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            atomic_torch_save({"weights": torch.arange(3.0), "marker": _CtrlCWhilePickled()}, path)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert torch.equal(torch.load(path, weights_only=False)["weights"], torch.arange(3.0))  # our own file
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left

@@ -6,7 +6,9 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -68,12 +70,31 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Hold a SIGINT (Ctrl-C) that arrives inside the block and deliver it at the end, to the handler that was
+    there before. Only the main thread receives signals; elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+        if held:
+            signal.raise_signal(signal.SIGINT)
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     import torch
 
-    # saved through a file object: torch names the archive's root folder after a path it is given, here the
-    # random temporary name, which would make every checkpoint's bytes (and DVC's hash of the runs) differ
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+    # Ctrl-C waits for the file: torch.save cut by a KeyboardInterrupt raises a RuntimeError from its zip
+    # writer instead, and the run would be recorded as failed rather than interrupted. Saved through a file
+    # object: torch names the archive's root folder after a path it is given, here the random temporary name,
+    # which would make every checkpoint's bytes (and DVC's hash of the runs) differ.
+    with _sigint_held(), atomic_path(path) as tmp, open(tmp, "wb") as fh:
         torch.save(obj, fh)
 
 
