@@ -86,8 +86,8 @@ def test_the_train_stage_checks_its_variants_without_loading_model_code():
         "from hardmask.models import VARIANTS, check_variants, describe_variants; "
         "check_variants(VARIANTS); describe_variants(VARIANTS); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'timm', 'albumentations') "
-        "or m.startswith(('hardmask.models.', 'hardmask.data', 'hardmask.training')) "
-        "and m != 'hardmask.models.registry'))"
+        "or (m.startswith(('hardmask.models.', 'hardmask.data', 'hardmask.training')) "
+        "and m != 'hardmask.models.registry')))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
