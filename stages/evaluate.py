@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from hardmask import layout
 from hardmask.config import flatten, run_stage, stage_cli
-from hardmask.evaluation.runner import evaluate_all
+from hardmask.evaluation.pool import evaluate_all
 from hardmask.evaluation.tidy import headline, summarize
 from hardmask.io import atomic_dir, atomic_write_json, atomic_write_text
 from hardmask.models import describe_variants

@@ -1,11 +1,12 @@
 """Imports run one way: stages, the ``hardmask`` command line (cli) -> jobs and commands (cluster, report,
 bench, predict, export) -> training, evaluation -> data, models, losses, tracking -> foundation (config, io,
-layout, runtime, metrics, checkpoint, errors, console). Nothing imports upwards, and models, data and losses
-never import one another."""
+layout, runtime, metrics, checkpoint, errors, console, process). Nothing imports upwards, and models, data and
+losses never import one another."""
 
 from __future__ import annotations
 
 import ast
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from .conftest import REPO
 
 SRC = REPO / "src" / "hardmask"
 LAYERS = {
-    0: {"config", "io", "layout", "runtime", "metrics", "checkpoint", "errors", "console"},
+    0: {"config", "io", "layout", "runtime", "metrics", "checkpoint", "errors", "console", "process"},
     1: {"data", "models", "losses", "tracking"},
     2: {"training", "evaluation"},
     3: {"cluster", "report", "bench", "predict", "export"},
@@ -78,16 +79,50 @@ def test_the_report_loads_no_model_code():
     assert out.strip() == "[]"
 
 
+# What a stage must not load before its jobs or workers start: they load it themselves.
+HEAVY = ("torch", "timm", "albumentations")
+HEAVY_OWN = ("hardmask.models.", "hardmask.data", "hardmask.training.", "hardmask.evaluation.runner")
+LIGHT_OWN = ("hardmask.models.registry", "hardmask.training.result")
+
+
+def _heavy_modules_after(code: str) -> list[str]:
+    """The heavy modules loaded by running ``code`` in a fresh interpreter at the repository root."""
+    report = (
+        "import sys; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        f"{HEAVY!r} or (m.startswith({HEAVY_OWN!r}) and m not in {LIGHT_OWN!r})))"
+    )
+    script = f"import sys; sys.path.insert(0, '.')\n{code}\n{report}"
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True)
+    return ast.literal_eval(out.stdout.strip().splitlines()[-1])
+
+
 def test_the_train_stage_checks_its_variants_without_loading_model_code():
     """Before it submits any job the train stage imports its modules and checks the variants: torch, timm and
     the models load in the jobs, not there (they held the first job back by about 3 s, with a core idle)."""
     code = (
-        "import sys; sys.path.insert(0, '.'); import stages.train; "
-        "from hardmask.models import VARIANTS, check_variants, describe_variants; "
-        "check_variants(VARIANTS); describe_variants(VARIANTS); "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'timm', 'albumentations') "
-        "or (m.startswith(('hardmask.models.', 'hardmask.data', 'hardmask.training')) "
-        "and m != 'hardmask.models.registry')))"
+        "import stages.train\nfrom hardmask.models import VARIANTS, check_variants, describe_variants\n"
+        "check_variants(VARIANTS); describe_variants(VARIANTS)"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert _heavy_modules_after(code) == []
+
+
+def test_the_train_stage_reads_a_job_result_without_loading_the_training_code(tmp_path):
+    """The stage unpickles every job's result as the job ends. Its class defined with the training loop, the
+    first one took torch, timm and the data stack into the stage: 3.3 s before the stage knew that the first
+    two jobs had ended and started the next two."""
+    from hardmask.training.loop import TrainResult
+
+    result = TrainResult("two_stage_hard", 0, "runs/x", 4, 376, 4, 0.88, 0.9, 0.88, 250.0, "abc")
+    path = tmp_path / "result.pkl"
+    path.write_bytes(pickle.dumps(("success", result)))
+    code = (
+        f"import pickle\n_, r = pickle.loads(open({str(path)!r}, 'rb').read())\n"
+        "assert (r.variant, r.best_val_worst_group_acc) == ('two_stage_hard', 0.88)"
+    )
+    assert _heavy_modules_after(code) == []
+
+
+def test_the_evaluate_stage_starts_its_workers_before_loading_the_evaluation_code():
+    """Each evaluation worker loads torch, timm, the models and the data itself; the stage loading them first
+    held the workers back by about 3 s, with a core idle."""
+    assert _heavy_modules_after("import stages.evaluate") == []

@@ -45,7 +45,7 @@ def test_evaluate_and_report_stages_on_trained_runs(tmp_path):
 
     reports = Path(cfg.base.reports_dir)
     # the stage evaluated the runs in two processes: the same table as one process evaluating them in turn
-    from hardmask.evaluation.runner import evaluate_all
+    from hardmask.evaluation.pool import evaluate_all
 
     one_process = cfg.evaluate.model_copy(update={"workers": 1})
     in_turn = evaluate_all(cfg.model_copy(update={"evaluate": one_process}))

@@ -20,7 +20,7 @@ from hardmask import layout
 from hardmask.checkpoint import training_key
 from hardmask.data.common import DataError
 from hardmask.data.groups import GroupSpec
-from hardmask.evaluation import checkpoints, runner
+from hardmask.evaluation import checkpoints, pool, runner
 from hardmask.evaluation.checkpoints import EvaluationError
 from hardmask.evaluation.overlays import OverlaySamples
 from hardmask.evaluation.tidy import BG_GAP_SPLIT, EVAL_COLUMNS, summarize
@@ -248,7 +248,7 @@ def test_evaluate_all_covers_every_variant_and_seed_and_summarizes(tmp_path, fak
     for variant in cfg.train.variants:
         for seed in cfg.train.seeds:
             _write_run(cfg, variant, seed)
-    df = runner.evaluate_all(cfg)
+    df = pool.evaluate_all(cfg)
     assert set(zip(df["model"], df["seed"])) == {(v, s) for v in cfg.train.variants for s in cfg.train.seeds}
     summary = summarize(df)
     assert summary["two_stage_hard"]["test"]["worst_group_acc"] == {"mean": 0.5, "std": 0.0, "n": 2}

@@ -39,6 +39,7 @@ from hardmask.config import Config, config_from_dict
 from hardmask.console import configure_logging, duration
 from hardmask.errors import HardmaskError
 from hardmask.models import check_variants
+from hardmask.process import skip_exit_collections
 
 log = logging.getLogger("hardmask.cluster")
 
@@ -141,6 +142,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         from hardmask.training.distributed import cleanup, init_distributed
 
         configure_logging()
+        skip_exit_collections()  # the next job of this slot starts once this process has exited
         cfg = config_from_dict(config, source=f"config submitted for {variant}/seed{seed}")
         train = resolve_target(self.target)
         try:

@@ -17,6 +17,7 @@ from hardmask.config.loading import CONF_DIR, CONF_NAME, load_config
 from hardmask.config.schema import Config
 from hardmask.console import configure_logging
 from hardmask.errors import DEBUG_ENV, reported_errors
+from hardmask.process import skip_exit_collections
 
 
 def stage_cli(
@@ -44,6 +45,7 @@ def stage_cli(
 
 def run_stage(main: Callable[[], None], interrupted: str = "interrupted") -> None:
     """A stage's ``main``, with expected errors and Ctrl-C reported in a line (module docstring)."""
+    skip_exit_collections()
     with reported_errors(interrupted):
         main()
 

@@ -24,12 +24,9 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +39,6 @@ from torch.utils.data import DataLoader
 from hardmask import layout
 from hardmask import metrics as M
 from hardmask.config import Config
-from hardmask.console import configure_logging
 from hardmask.data import DataError, build_dataset, make_loader
 from hardmask.evaluation.checkpoints import EvaluationError, LoadedRun, load_run
 from hardmask.evaluation.inference import OverlayPicker, SplitPredictions, predict_split
@@ -56,7 +52,6 @@ from hardmask.evaluation.interventions import (
 )
 from hardmask.evaluation.tidy import BG_GAP_SPLIT, EVAL_COLUMNS, GROUP_ACC_PREFIX
 from hardmask.io import atomic_dir
-from hardmask.models import check_variants, get_variant
 from hardmask.models.backbone import input_normalization
 from hardmask.runtime import autocast_dtype, resolve_device
 
@@ -65,7 +60,7 @@ log = logging.getLogger("hardmask.evaluate")
 GROUP_COLUMNS = (*EVAL_COLUMNS[:5], "group", "name", "n", "correct", "acc")
 FULL_SWEEP_SPLITS = ("val", "test")  # every intervention setting is evaluated on these, val first
 
-__all__ = ["EvaluationError", "evaluate_all", "evaluate_run", "split_metrics"]
+__all__ = ["EvaluationError", "evaluate_run", "split_metrics"]
 
 
 # ----------------------------------------------------------------------------------------- metrics
@@ -386,36 +381,3 @@ def log_evaluation(cfg: Config, run: LoadedRun, eval_dir: Path, frame: pd.DataFr
             sorted(p for p in eval_dir.iterdir() if p.is_file() and not p.name.startswith(".")),
             artifact_path="eval",
         )
-
-
-# ----------------------------------------------------------------------------------------- all runs
-def evaluate_all(cfg: Config) -> pd.DataFrame:
-    """Evaluate every ``train.variants`` x ``train.seeds`` run; a missing run is an error, not a gap.
-
-    With ``evaluate.workers`` > 1 the runs are evaluated by that many processes, each with an equal share of
-    the torch threads (small models use one thread better than two: about 1.7x on two cores), the runs with
-    parts first (they cost the most). The table is in the same order, and every number equal, either way.
-    """
-    check_variants(cfg.train.variants)
-    runs = [(v, s) for v in cfg.train.variants for s in cfg.train.seeds]
-    run_dirs = [layout.run_dir(cfg, v, s) for v, s in runs]
-    workers = min(cfg.evaluate.workers, len(run_dirs))
-    if workers <= 1:
-        return pd.concat([_evaluate_logged(cfg, run_dir) for run_dir in run_dirs], ignore_index=True)
-    has_parts = {run_dir: get_variant(v).has_parts for run_dir, (v, _) in zip(run_dirs, runs, strict=True)}
-    costly_first = sorted(run_dirs, key=lambda run_dir: not has_parts[run_dir])
-    threads = max(1, torch.get_num_threads() // workers)
-    context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools and locks
-    with ProcessPoolExecutor(workers, context, initializer=_init_worker, initargs=(threads,)) as pool:
-        frames = dict(zip(costly_first, pool.map(_evaluate_logged, repeat(cfg), costly_first), strict=True))
-    return pd.concat([frames[run_dir] for run_dir in run_dirs], ignore_index=True)
-
-
-def _evaluate_logged(cfg: Config, run_dir: Path) -> pd.DataFrame:
-    log.info("evaluating %s", run_dir)
-    return evaluate_run(cfg, run_dir)
-
-
-def _init_worker(threads: int) -> None:
-    configure_logging()
-    torch.set_num_threads(threads)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -49,32 +49,13 @@ from hardmask.models.backbone import input_normalization
 from hardmask.runtime import resolve_device, seed_everything
 from hardmask.tracking import RunTracker, end_status
 from hardmask.training.distributed import DistContext, barrier
+from hardmask.training.result import TrainResult
 from hardmask.training.sampler import ResumableSampler, SeededSamples
 from hardmask.training.trainer import LoopState, Trainer, TrainingError
 
 log = logging.getLogger("hardmask.train")
 
 __all__ = ["TrainResult", "TrainingError", "train", "validate"]
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    variant: str
-    seed: int
-    run_dir: str
-    epochs: int
-    steps: int
-    best_epoch: int
-    best_val_worst_group_acc: float
-    last_val_avg_acc: float
-    last_val_worst_group_acc: float
-    # Not written into the run directory, which is a function of the run's inputs: a timing and an MLflow id.
-    train_images_per_s: float
-    mlflow_run_id: str | None
-
-    def record(self) -> dict[str, Any]:
-        """What ``metrics.json`` of the run keeps: everything but the timing and the MLflow id."""
-        return {k: v for k, v in asdict(self).items() if k not in ("train_images_per_s", "mlflow_run_id")}
 
 
 # ----------------------------------------------------------------------------------------------- helpers
