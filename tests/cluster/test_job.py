@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from hardmask.cluster import (
     make_executor,
     submit_training,
 )
+from hardmask.cluster.executor import GPU_DEVICE_FILES
 from hardmask.cluster.job import resolve_target
 from hardmask.config import Config
 
@@ -134,6 +138,23 @@ def test_local_executor_takes_tasks_and_time_limit_from_the_config(tmp_path: Pat
     parameters = executor._executor.parameters  # what the local controller is started with
     assert (parameters["tasks_per_node"], parameters["timeout_min"], parameters["gpus_per_node"]) == (2, 7, 0)
     assert executor._executor.max_num_timeout == 1
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or any(os.path.exists(p) for p in GPU_DEVICE_FILES),
+    reason="needs a Linux without GPUs",
+)
+def test_the_gpu_count_asks_torch_only_where_a_gpu_driver_is_there(tmp_path: Path):
+    """The local executor's GPU count imported torch into the train stage, 1.2 s before its first job, on
+    machines without any GPU driver too."""
+    script = (
+        "import sys\nfrom hardmask.cluster import executor\n"
+        "first = (executor._visible_gpus(), 'torch' in sys.modules)\n"
+        f"executor.GPU_DEVICE_FILES = ({str(tmp_path)!r},)  # present: a driver may be there, torch decides\n"
+        "print(first, (executor._visible_gpus(), 'torch' in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "(0, False) (0, True)"
 
 
 @pytest.mark.slow  # two job processes importing MLflow on two cores: ~15 s
