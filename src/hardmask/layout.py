@@ -42,6 +42,12 @@ def logs_dir(cfg: Config, kind: str = "train") -> Path:
     return shared_path(cfg.cluster.logs_dir) / kind
 
 
+def run_queue_dir(cfg: Config, stamp: str) -> Path:
+    """The queue through which one train stage hands its runs to local workers
+    (:mod:`hardmask.cluster.queue`); ``stamp`` makes it that stage's own."""
+    return logs_dir(cfg, "train") / "queues" / stamp
+
+
 # ------------------------------------------------------------------------------------------------ runs
 @dataclass(frozen=True)
 class RunFiles:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ class EchoResult:
     slurm_job_id: str | None
     slurm_array_task: tuple[str, str] | None  # (array job id, task id)
     setup_probe: str | None  # set by cluster.slurm.setup lines in the SLURM tests
+    local_timeout_s: str | None  # the local executor's time limit of the job
     started: float
     finished: float
 
@@ -63,6 +65,7 @@ def echo_train(cfg: Config, variant: str, seed: int, run_dir: Path, dist: DistCo
             else None
         ),
         setup_probe=os.environ.get("HARDMASK_SETUP_PROBE"),
+        local_timeout_s=os.environ.get("SUBMITIT_LOCAL_TIMEOUT_S"),
         started=started,
         finished=time.time(),
     )
@@ -70,6 +73,13 @@ def echo_train(cfg: Config, variant: str, seed: int, run_dir: Path, dist: DistCo
 
 def failing_train(cfg: Config, variant: str, seed: int, run_dir: Path, dist: DistContext) -> None:
     raise ValueError(f"boom from the stand-in ({variant}/seed{seed}) on {socket.gethostname()}")
+
+
+def dying_train(cfg: Config, variant: str, seed: int, run_dir: Path, dist: DistContext) -> EchoResult:
+    """Seed 0 kills its own process (as the kernel's out-of-memory killer would); other seeds echo."""
+    if seed == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return echo_train(cfg, variant, seed, run_dir, dist)
 
 
 # ------------------------------------------------------------------------------------------------ resumable

@@ -29,6 +29,7 @@ from .standins import STEP_SECONDS_ENV, STEPS_ENV, STOP_AFTER_ENV, SimulatedKill
 ECHO = "tests.cluster.standins:echo_train"
 FAILING = "tests.cluster.standins:failing_train"
 COUNTING = "tests.cluster.standins:counting_train"
+DYING = "tests.cluster.standins:dying_train"
 
 
 def _cfg(tmp_path: Path, **cluster) -> Config:
@@ -78,7 +79,7 @@ def test_failures_wait_for_all_jobs_and_carry_the_remote_traceback(tmp_path: Pat
     with pytest.raises(TrainingJobsFailed) as caught:
         submit_training(cfg, [("baseline_vit", 0), ("oracle_mask", 4)], target=FAILING)
     message = str(caught.value)
-    assert message.startswith("2 of 2 training jobs failed:")
+    assert message.startswith("2 of 2 training runs failed:")
     assert "=== baseline_vit/seed0 (job " in message and "=== oracle_mask/seed4 (job " in message
     assert "Traceback" in message and "in failing_train" in message  # the frames of the job process
     assert "ValueError: boom from the stand-in (oracle_mask/seed4)" in message
@@ -98,8 +99,65 @@ def test_local_array_parallelism_one_runs_jobs_one_after_the_other(
     monkeypatch.setenv(STEP_SECONDS_ENV, "0.5")
     cfg = _cfg(tmp_path, executor="local", array_parallelism=1, poll_interval_s=0.1)
     first, second = submit_training(cfg, [("baseline_vit", 0), ("baseline_vit", 1)], target=ECHO)
-    assert first.pid != second.pid  # separate job processes
+    assert first.pid == second.pid  # one worker process trains both, paying its start-up once
     assert first.finished <= second.started
+
+
+def test_local_workers_share_the_runs_at_most_array_parallelism_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv(STEP_SECONDS_ENV, "1.0")
+    cfg = _cfg(tmp_path, executor="local", array_parallelism=2, poll_interval_s=0.1)
+    pairs = [("baseline_vit", 0), ("two_stage_hard", 0), ("oracle_mask", 0), ("baseline_vit", 1)]
+    results = submit_training(cfg, pairs, target=ECHO)
+    assert [(r.variant, r.seed) for r in results] == pairs
+    assert len({r.pid for r in results}) == 2  # two worker processes, each training runs in turn
+    # the time limit is per run: a worker that trained every run would have had as long as four jobs
+    assert {r.local_timeout_s for r in results} == {str(4 * 60 * cfg.cluster.slurm.time_min)}
+    for result in results:  # when a run starts, at most one other is running
+        assert sum(other.started <= result.started < other.finished for other in results) <= 2
+
+
+def test_a_worker_goes_on_after_a_run_that_raised(tmp_path: Path):
+    cfg = _cfg(tmp_path, executor="local", array_parallelism=1, poll_interval_s=0.1)
+    with pytest.raises(TrainingJobsFailed) as caught:
+        submit_training(cfg, [("baseline_vit", 0), ("oracle_mask", 4)], target=FAILING)
+    assert str(caught.value).count("ValueError: boom from the stand-in") == 2  # both runs ran
+    assert len({f.job_id for f in caught.value.failures}) == 1  # in the one worker
+
+
+def test_a_run_whose_worker_is_killed_fails_and_a_new_worker_takes_the_next(tmp_path: Path):
+    cfg = _cfg(tmp_path, executor="local", array_parallelism=1, poll_interval_s=0.1)
+    with pytest.raises(TrainingJobsFailed) as caught:
+        submit_training(cfg, [("baseline_vit", 0), ("baseline_vit", 1)], target=DYING)
+    assert str(caught.value).startswith("1 of 2 training runs failed:")
+    (failure,) = caught.value.failures
+    assert (failure.variant, failure.seed) == ("baseline_vit", 0)
+    assert len(list((tmp_path / "logs" / "train").glob("[0-9]*"))) == 2  # the killed worker and its successor
+
+
+def test_workers_that_fail_before_their_first_run_are_not_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    shadow = tmp_path / "shadow" / "hardmask"  # job processes import this package instead of hardmask
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('no hardmask in this job')\n")
+    monkeypatch.setenv("PYTHONPATH", str(shadow.parent))
+    cfg = _cfg(tmp_path, executor="local", array_parallelism=2, poll_interval_s=0.1)
+    pairs = [("baseline_vit", 0), ("baseline_vit", 1), ("baseline_vit", 2)]
+    with pytest.raises(TrainingJobsFailed) as caught:
+        submit_training(cfg, pairs, target=ECHO)
+    message = str(caught.value)
+    assert message.startswith("3 of 3 training runs failed:")
+    assert message.count("no worker took it") == 3 and "no hardmask in this job" in message
+    assert len(list((tmp_path / "logs" / "train").glob("[0-9]*"))) == 2  # the first two, not replaced
+
+
+def test_a_local_job_with_several_tasks_trains_one_run(tmp_path: Path):
+    cfg = _cfg(tmp_path, executor="local", array_parallelism=2, local_tasks=2, poll_interval_s=0.2)
+    first, second = submit_training(cfg, [("baseline_vit", 0), ("baseline_vit", 1)], target=ECHO)
+    assert first.pid != second.pid  # the process group is the run's: a job of its own
+    assert (first.world_size, second.world_size) == (2, 2)
 
 
 def test_checkpoint_resubmits_the_same_call_which_resumes_from_the_run_dir(

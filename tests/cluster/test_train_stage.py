@@ -65,7 +65,7 @@ def test_a_failing_job_ends_the_stage_with_its_message_and_no_traceback(tmp_path
     proc = _stage(tmp_path / "params.yaml", tmp_path)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 2, err
-    assert "error: 1 of 1 training jobs failed:" in err
+    assert "error: 1 of 1 training runs failed:" in err
     assert f"{cfg.data_root}: Waterbirds directory does not exist" in err and "prepare" in err
     assert "Traceback" not in err, err
 

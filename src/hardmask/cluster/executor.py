@@ -3,11 +3,13 @@
 ``cluster.executor`` picks where jobs run:
 
 - ``local``: subprocesses on this machine, ``cluster.local_tasks`` processes per job (one per GPU when there
-  are GPUs, DDP over gloo on CPUs);
+  are GPUs, DDP over gloo on CPUs); with one process per job, each job is a worker that trains several runs in
+  turn (:class:`hardmask.cluster.job.LocalWorker`);
 - ``debug``: in this process, one after the other (no pickling, breakpoints work);
 - ``slurm``: ``sbatch`` job arrays with the resources of ``cluster.slurm``.
 
-``cluster.slurm.time_min`` is also the local executor's time limit; ``cluster.slurm.max_num_timeout`` bounds
+``cluster.slurm.time_min`` is also the local executor's time limit per run (a local worker gets it once for
+every run it may train); ``cluster.slurm.max_num_timeout`` bounds
 the requeues after a time-out for both (preemptions requeue without limit).
 """
 

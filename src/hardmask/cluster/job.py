@@ -1,12 +1,17 @@
-"""The training job: one (variant, seed) per job, submitted as one job array, awaited by the DVC stage.
+"""The training jobs of the DVC train stage, and the stage's watch over them.
 
-A job is idempotent and resumable: it trains into ``<base.runs_dir>/<variant>/seed<seed>/`` and the training
+On SLURM (and the debug executor) every (variant, seed) is one task of one job array. On the local executor
+with one task per job, the stage starts at most ``cluster.array_parallelism`` worker jobs which train the runs
+one after another (:class:`LocalWorker`, :mod:`hardmask.cluster.queue`): a job process's start-up costs about
+as much as a tenth of a CPU run of the default study.
+
+A run is idempotent and resumable: it trains into ``<base.runs_dir>/<variant>/seed<seed>/`` and the training
 loop continues from ``checkpoints/last.pt`` there. That directory outlives a change of parameters (the DVC
 output is ``persist``), so before submitting, a run whose training config differs from the current one is
 moved to ``<base.runs_dir>.superseded/`` and trained afresh (:func:`supersede_stale_runs`).
 
-On a SLURM time-out or preemption submitit calls :meth:`TrainJob.checkpoint`, which resubmits the same
-call; the requeued job finds its run directory and resumes.
+On a SLURM time-out or preemption submitit calls :meth:`TrainJob.checkpoint` (:meth:`LocalWorker.checkpoint`
+on a local time-out), which resubmits the same call; the requeued job finds its run directory and resumes.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from hardmask.cluster.executor import (
     interrupt_local_job,
     make_executor,
 )
+from hardmask.cluster.queue import RunCrashed, RunQueue
 from hardmask.config import Config, config_from_dict
 from hardmask.console import configure_logging, duration
 from hardmask.errors import HardmaskError
@@ -55,7 +61,7 @@ class TrainingJobsFailed(HardmaskError, RuntimeError):
 
     def __init__(self, failures: Sequence[JobFailure], total: int) -> None:
         self.failures = tuple(failures)
-        parts = [f"{len(failures)} of {total} training jobs failed:"]
+        parts = [f"{len(failures)} of {total} training runs failed:"]
         for failure in failures:
             parts.append(
                 f"\n=== {failure.variant}/seed{failure.seed} (job {failure.job_id}) ===\n{failure.error}"
@@ -128,35 +134,45 @@ class JobError:
     message: str
 
 
+def _train_run(target: str, cfg: Config, variant: str, seed: int) -> Any:
+    """``target(cfg, variant, seed, run_dir, dist)`` in this job's process group; an expected failure (a
+    :class:`~hardmask.errors.HardmaskError`) is returned as a :class:`JobError`."""
+    from hardmask.training.distributed import cleanup, init_distributed
+
+    train = resolve_target(target)
+    try:
+        dist = init_distributed()
+        try:
+            return train(cfg, variant, seed, layout.run_dir(cfg, variant, seed), dist)
+        finally:
+            cleanup()
+    except HardmaskError as exc:
+        log.error("%s/seed%d: %s", variant, seed, exc)
+        return JobError(str(exc))
+    except KeyboardInterrupt:
+        log.warning("%s/seed%d interrupted; its last checkpoint is kept", variant, seed)
+        raise
+
+
+def _job_setup() -> None:
+    configure_logging()  # the job's log file is its stderr (submitit's <logs_dir>/train/<job id>/)
+    skip_exit_collections()  # the next job of this slot starts once this process has exited
+
+
 class TrainJob(submitit.helpers.Checkpointable):
-    """Callable run by every task of a job: ``target(cfg, variant, seed, run_dir, dist)``.
+    """Callable run by every task of a job that trains one run: ``target(cfg, variant, seed, run_dir, dist)``.
 
     ``target`` is ``"module:function"``, imported by name inside the job (the pickle carries no code); tests
-    pass small stand-ins. The job logs to its stderr file (submitit's ``<logs_dir>/train/<job id>/``).
+    pass small stand-ins.
     """
 
     def __init__(self, target: str = DEFAULT_TARGET) -> None:
         self.target = target
 
     def __call__(self, config: dict[str, Any], variant: str, seed: int) -> Any:
-        from hardmask.training.distributed import cleanup, init_distributed
-
-        configure_logging()
-        skip_exit_collections()  # the next job of this slot starts once this process has exited
+        _job_setup()
         cfg = config_from_dict(config, source=f"config submitted for {variant}/seed{seed}")
-        train = resolve_target(self.target)
-        try:
-            dist = init_distributed()
-            try:
-                return train(cfg, variant, seed, layout.run_dir(cfg, variant, seed), dist)
-            finally:
-                cleanup()
-        except HardmaskError as exc:
-            log.error("%s/seed%d: %s", variant, seed, exc)
-            return JobError(str(exc))
-        except KeyboardInterrupt:
-            log.warning("%s/seed%d interrupted; its last checkpoint is kept", variant, seed)
-            raise
+        return _train_run(self.target, cfg, variant, seed)
 
     def checkpoint(
         self, config: dict[str, Any], variant: str, seed: int
@@ -164,6 +180,53 @@ class TrainJob(submitit.helpers.Checkpointable):
         """Requeue the same call: progress lives in the run directory, not in this object."""
         log.warning("%s/seed%d interrupted; requeueing to resume from its run directory", variant, seed)
         return submitit.helpers.DelayedSubmission(TrainJob(self.target), config, variant, seed)
+
+
+class LocalWorker(submitit.helpers.Checkpointable):
+    """Callable of a local job with one task that trains the runs of a :class:`RunQueue` one after another,
+    each as :class:`TrainJob` would, until every run is taken. A run that raises goes into the queue as a
+    :class:`RunCrashed` and the worker goes on with the next run, as separate jobs would."""
+
+    def __init__(self, target: str = DEFAULT_TARGET) -> None:
+        self.target = target
+        self.current: int | None = None  # the run being trained (given back on a requeue)
+
+    def __call__(self, config: dict[str, Any], queue_dir: str, runs: list[tuple[str, int]]) -> int:
+        """Returns the number of runs this worker trained."""
+        _job_setup()
+        queue = RunQueue(queue_dir, runs)
+        worker = str(submitit.JobEnvironment().job_id)
+        trained = 0
+        while (index := queue.claim(worker)) is not None:
+            self.current = index
+            variant, seed = runs[index]
+            try:
+                # the config afresh for every run, as a job of its own would have it
+                cfg = config_from_dict(config, source=f"config submitted for {variant}/seed{seed}")
+                outcome = _train_run(self.target, cfg, variant, seed)
+            except Exception as exc:  # noqa: BLE001 (reported by the stage with the run's name)
+                log.exception("%s/seed%d failed", variant, seed)
+                outcome = RunCrashed("".join(traceback.format_exception(exc)))
+            queue.finish(index, outcome)
+            self.current, trained = None, trained + 1
+        return trained
+
+    def checkpoint(
+        self, config: dict[str, Any], queue_dir: str, runs: list[tuple[str, int]]
+    ) -> submitit.helpers.DelayedSubmission:
+        """Requeue the worker; the run it was training goes back to the queue and resumes from its run
+        directory in whichever worker takes it next."""
+        if self.current is not None:
+            variant, seed = runs[self.current]
+            log.warning("%s/seed%d interrupted; requeueing to resume from its run directory", variant, seed)
+            RunQueue(queue_dir, runs).release(self.current)
+        return submitit.helpers.DelayedSubmission(LocalWorker(self.target), config, queue_dir, runs)
+
+
+def uses_local_workers(cfg: Config) -> bool:
+    """Whether the stage hands its runs to :class:`LocalWorker` jobs (the local executor, one task per job;
+    a multi-task job keeps one run per job, its process group being the run's)."""
+    return cfg.cluster.executor == "local" and cfg.cluster.local_tasks == 1
 
 
 def submit_training(
@@ -188,13 +251,39 @@ def submit_training(
     executor = make_executor(cfg.cluster, layout.logs_dir(cfg, "train"), name)
     watch = JobWatch(cfg, len(variants_seeds))
     try:
-        _submit(executor, TrainJob(target), cfg, variants_seeds, watch)
-        while watch.poll():  # every job is submitted here: the count left is the condition, no extra sleep
-            time.sleep(cfg.cluster.poll_interval_s)
+        if uses_local_workers(cfg):
+            _run_local_workers(executor, LocalWorker(target), cfg, variants_seeds, watch)
+        else:
+            _submit(executor, TrainJob(target), cfg, variants_seeds, watch)
+            while watch.poll():  # every job is submitted: the count left is the condition, no extra sleep
+                time.sleep(cfg.cluster.poll_interval_s)
     except KeyboardInterrupt:  # Ctrl-C on the stage: do not leave its jobs running
         watch.cancel()
         raise
     return watch.results()
+
+
+def _run_local_workers(
+    executor: submitit.Executor,
+    worker: LocalWorker,
+    cfg: Config,
+    variants_seeds: Sequence[tuple[str, int]],
+    watch: JobWatch,
+) -> None:
+    """Put the runs into a queue of this stage's own and keep up to ``cluster.array_parallelism`` workers
+    on it until every run has ended."""
+    stamp = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
+    queue = RunQueue.create(layout.run_queue_dir(cfg, stamp), variants_seeds)
+    # the time limit is per run: a worker may train every run, as separate jobs would have one after another
+    executor.update_parameters(timeout_min=cfg.cluster.slurm.time_min * len(variants_seeds))
+    watch.follow(queue)
+    config, runs = cfg.dump(), list(variants_seeds)  # pickled together, as a job of its own has them
+    while watch.poll():
+        if watch.wants_worker():
+            with detached_local_jobs(layout.logs_dir(cfg, "train") / "controllers.log"):
+                watch.add_worker(executor.submit(worker, config, str(queue.root), runs))
+            continue  # the next worker, if one is wanted, without waiting a poll interval
+        time.sleep(cfg.cluster.poll_interval_s)
 
 
 def _submit(
@@ -207,7 +296,7 @@ def _submit(
     """Submit one job per pair, handing each to ``watch`` as soon as it exists (so it can be cancelled)."""
     config = cfg.dump()
     try:
-        if cfg.cluster.executor == "local":
+        if cfg.cluster.executor == "local":  # several tasks per job: one job per run
             # the local executor has no array throttle: start a job whenever fewer than array_parallelism run
             for variant, seed in variants_seeds:
                 while watch.poll() >= cfg.cluster.array_parallelism:
@@ -235,10 +324,10 @@ def _submit(
 # ------------------------------------------------------------------------------------------------ watching
 @dataclass
 class _Entry:
-    job: submitit.Job
     variant: str
     seed: int
     submitted: float
+    job: submitit.Job | None = None  # the job that trains it (a queued run's: the worker that took it)
     started: float | None = None
     ended: float | None = None
     result: Any = None
@@ -255,43 +344,107 @@ class _Entry:
 
 
 class JobWatch:
-    """The train stage's view of its jobs: one line when a job starts and when it ends (with its log file),
-    and every ``STATUS_EVERY_S`` the count, each running job's latest progress line (read from its log) and
-    the stage's ETA."""
+    """The train stage's view of its runs: one line when a run starts and when it ends (with its job's log
+    file), and every ``STATUS_EVERY_S`` the count, each running run's latest progress line (read from its
+    job's log) and the stage's ETA.
+
+    Runs are either jobs of their own (:meth:`add`) or the runs of a :class:`RunQueue` that local workers
+    take (:meth:`follow`, :meth:`add_worker`)."""
 
     STATUS_EVERY_S = 30.0
 
     def __init__(self, cfg: Config, total: int) -> None:
         self.cfg, self.total = cfg, total
         self.entries: list[_Entry] = []
+        self.queue: RunQueue | None = None
+        self.workers: list[submitit.Job] = []
+        self.worker_failure: str | None = None  # why a worker ended before taking a run
         self.start = time.perf_counter()
         self.last_status = self.start
 
     def add(self, job: submitit.Job, variant: str, seed: int) -> None:
-        self.entries.append(_Entry(job, variant, seed, submitted=time.perf_counter()))
+        self.entries.append(_Entry(variant, seed, submitted=time.perf_counter(), job=job))
+
+    def follow(self, queue: RunQueue) -> None:
+        self.queue = queue
+        now = time.perf_counter()
+        self.entries = [_Entry(variant, seed, submitted=now) for variant, seed in queue.runs]
+
+    def add_worker(self, job: submitit.Job) -> None:
+        self.workers.append(job)
+
+    def wants_worker(self) -> bool:
+        """Another worker is wanted while runs wait, fewer than ``cluster.array_parallelism`` workers live,
+        and no worker has ended without taking a run (it would fail again)."""
+        if self.queue is None or self.worker_failure is not None:
+            return False
+        live = sum(not job.done() for job in self.workers)
+        return live < self.cfg.cluster.array_parallelism and self.queue.unclaimed() > 0
 
     def all_done(self) -> bool:
         return len(self.entries) == self.total and all(e.ended is not None for e in self.entries)
 
     def poll(self) -> int:
-        """Look at every job once; returns how many are still running or waiting."""
+        """Look at every run once; returns how many are still running or waiting."""
+        if self.queue is not None:
+            self._poll_queue()
+        else:
+            self._poll_jobs()
+        if time.perf_counter() - self.last_status >= self.STATUS_EVERY_S and not self.all_done():
+            self.status()
+        return sum(e.ended is None for e in self.entries)
+
+    def _poll_jobs(self) -> None:
         for entry in self.entries:
             if entry.ended is not None:
                 continue
             if self.cfg.cluster.executor == "debug":  # runs in this process, now
                 self._started(entry)
                 # exception() runs the job and returns its error; done() or result() would open a debugger
-                self._ended(entry, entry.job.exception())
+                self._ended_job(entry, entry.job.exception())
                 continue
             if entry.job.state.upper() in ("RUNNING", "COMPLETING"):
                 self._started(entry)
             if entry.job.done():
-                self._ended(entry, entry.job.exception())
+                self._ended_job(entry, entry.job.exception())
             elif not entry.relayed_resume:
                 self._relay_resume(entry)
-        if time.perf_counter() - self.last_status >= self.STATUS_EVERY_S and not self.all_done():
-            self.status()
-        return sum(e.ended is None for e in self.entries)
+
+    def _poll_queue(self) -> None:
+        workers = {str(job.job_id): job for job in self.workers}
+        for index, entry in enumerate(self.entries):
+            if entry.ended is not None:
+                continue
+            if entry.job is None:
+                entry.job = workers.get(self.queue.claimed_by(index) or "")
+                if entry.job is None:
+                    continue
+                self._started(entry)
+            if self.queue.finished(index):
+                self._ended(entry, self.queue.outcome(index))
+            elif entry.job.done():  # the worker ended in this run: its process was killed or failed
+                if self.queue.finished(index):  # ... or it wrote the result since the first look
+                    self._ended(entry, self.queue.outcome(index))
+                else:
+                    self._ended(entry, None, entry.job.exception() or RuntimeError("its worker ended"))
+            elif not entry.relayed_resume:
+                self._relay_resume(entry)
+        self._fail_untaken_runs()
+
+    def _fail_untaken_runs(self) -> None:
+        """A worker that failed before taking a run (its start-up failed) is not replaced: once no worker is
+        left, the runs nobody took fail with its error."""
+        for job in self.workers:
+            took_a_run = any(e.job is job for e in self.entries)
+            if self.worker_failure is None and not took_a_run and job.done() and job.exception() is not None:
+                self.worker_failure = _describe(job.exception())
+        if self.worker_failure is None or any(not job.done() for job in self.workers):
+            return
+        for entry in self.entries:
+            if entry.job is None and entry.ended is None:
+                entry.ended = time.perf_counter()
+                entry.failure = f"no worker took it; one failed before its first run:\n{self.worker_failure}"
+                log.error("FAILED %s: no worker took it", entry.name)
 
     def _started(self, entry: _Entry) -> None:
         if entry.started is not None:
@@ -306,15 +459,21 @@ class JobWatch:
             entry.relayed_resume = True
             log.info("%s", line)
 
-    def _ended(self, entry: _Entry, error: BaseException | None) -> None:
-        """Record a job that ended, with the error it raised (the remote traceback of a job process)."""
+    def _ended_job(self, entry: _Entry, error: BaseException | None) -> None:
+        """A job of its own ended, with the error it raised (the remote traceback of a job process)."""
+        self._ended(entry, None if error is not None else entry.job.results()[0], error)  # rank 0's result
+
+    def _ended(self, entry: _Entry, outcome: Any, error: BaseException | None = None) -> None:
+        """Record a run that ended: its outcome (a result, a :class:`JobError` or a :class:`RunCrashed`) or
+        the error its job raised."""
         self._started(entry)
         entry.ended = time.perf_counter()
         took = duration(entry.ended - entry.started)
-        result = None if error is not None else entry.job.results()[0]  # one per task; rank 0's first
         done = sum(e.ended is not None for e in self.entries)
-        if isinstance(result, JobError):
-            entry.failure = result.message
+        if isinstance(outcome, JobError):
+            entry.failure = outcome.message
+        elif isinstance(outcome, RunCrashed):
+            entry.failure = f"{outcome.traceback}\nThe job's log: {entry.log_path}"
         elif error is not None:
             entry.failure = _describe(error)
         if entry.failure is not None:
@@ -322,8 +481,8 @@ class JobWatch:
                 "FAILED %s (job %s) after %s; log %s", entry.name, entry.job.job_id, took, entry.log_path
             )
             return
-        entry.result = result
-        best = getattr(result, "best_val_worst_group_acc", None)
+        entry.result = outcome
+        best = getattr(outcome, "best_val_worst_group_acc", None)
         summary = f": best validation worst-group accuracy {best:.3f}" if best is not None else ""
         log.info("finished %s (%d/%d) in %s%s", entry.name, done, self.total, took, summary)
 
@@ -357,29 +516,33 @@ class JobWatch:
         """Stop every job that has not ended and give them ``grace_s`` to close their MLflow runs (KILLED);
         their last checkpoints stay, so the next train stage resumes them."""
         pending = [e for e in self.entries if e.ended is None]
+        live_workers = [job for job in self.workers if not job.done()]
+        jobs = list({id(job): job for job in [e.job for e in pending if e.job] + live_workers}.values())
         local = self.cfg.cluster.executor == "local"
-        for entry in pending:
+        for job in jobs:
             if local:
-                interrupt_local_job(str(entry.job.job_id))
+                interrupt_local_job(str(job.job_id))
             else:
-                entry.job.cancel(check=False)
+                job.cancel(check=False)
         deadline = time.perf_counter() + grace_s
-        while local and time.perf_counter() < deadline and not all(e.job.done() for e in pending):
+        while local and time.perf_counter() < deadline and not all(job.done() for job in jobs):
             time.sleep(0.2)
-        for entry in pending:
-            if not entry.job.done():
-                entry.job.cancel(check=False)  # still running after the grace period: submitit's way
+        for job in jobs:
+            if not job.done():
+                job.cancel(check=False)  # still running after the grace period: submitit's way
         if pending:
             log.warning("stopped %s", ", ".join(e.name for e in pending))
 
     def results(self) -> list[Any]:
         """Every job's result in submission order, or :class:`TrainingJobsFailed` naming every failure."""
         failures = [
-            JobFailure(e.variant, e.seed, str(e.job.job_id), e.failure) for e in self.entries if e.failure
+            JobFailure(e.variant, e.seed, str(e.job.job_id) if e.job else "none", e.failure)
+            for e in self.entries
+            if e.failure
         ]
         if failures:
             raise TrainingJobsFailed(failures, total=self.total)
-        log.info("%d jobs finished in %s", self.total, duration(time.perf_counter() - self.start))
+        log.info("%d runs finished in %s", self.total, duration(time.perf_counter() - self.start))
         return [e.result for e in self.entries]
 
 
