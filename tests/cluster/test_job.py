@@ -126,7 +126,12 @@ def test_a_worker_goes_on_after_a_run_that_raised(tmp_path: Path):
     assert len({f.job_id for f in caught.value.failures}) == 1  # in the one worker
 
 
-def test_a_run_whose_worker_is_killed_fails_and_a_new_worker_takes_the_next(tmp_path: Path):
+def test_a_run_whose_worker_is_killed_fails_and_a_new_worker_takes_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # submitit waits 15 s for the result file of a job that ended (for slow shared file systems); a killed
+    # job never writes one
+    monkeypatch.setattr(submitit.core.core.Job, "_results_timeout_s", 1)
     cfg = _cfg(tmp_path, executor="local", array_parallelism=1, poll_interval_s=0.1)
     with pytest.raises(TrainingJobsFailed) as caught:
         submit_training(cfg, [("baseline_vit", 0), ("baseline_vit", 1)], target=DYING)
