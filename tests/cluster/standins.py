@@ -27,8 +27,9 @@ STEP_SECONDS_ENV = "HARDMASK_STANDIN_STEP_SECONDS"  # its time per step
 STOP_AFTER_ENV = "HARDMASK_STANDIN_STOP_AFTER"  # simulate a kill after this many steps (in-process tests)
 
 
-class SimulatedKill(RuntimeError):
-    """Raised by the counting stand-in where a real job would have been killed."""
+class SimulatedKill(BaseException):
+    """Raised by the counting stand-in where a real job would have been killed (a BaseException: no
+    ``except Exception`` of the code under test handles a kill)."""
 
 
 @dataclass(frozen=True)

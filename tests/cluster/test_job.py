@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import submitit
@@ -20,7 +21,8 @@ from hardmask.cluster import (
     submit_training,
 )
 from hardmask.cluster.executor import GPU_DEVICE_FILES
-from hardmask.cluster.job import resolve_target
+from hardmask.cluster.job import JobWatch, LocalWorker, resolve_target
+from hardmask.cluster.queue import RunQueue
 from hardmask.config import Config
 
 from ..conftest import make_tiny_config
@@ -183,6 +185,67 @@ def test_checkpoint_resubmits_the_same_call_which_resumes_from_the_run_dir(
     result = resubmission.result()
     assert result.checksum == expected_checksum(12, seed=3)  # every step exactly once
     assert result.start_steps == (0, 5)  # the second attempt resumed instead of starting over
+
+
+def test_a_requeued_worker_gives_its_run_back_and_the_next_attempt_resumes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A local time-out, in-process: the worker is killed in its first run, checkpoint() gives the run back,
+    and the resubmitted worker resumes it from its run directory, then trains the next."""
+    cfg = _cfg(tmp_path)
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")  # what submitit's local job environment reads
+    monkeypatch.setenv("SUBMITIT_LOCAL_JOB_ID", "4242")
+    monkeypatch.setenv(STEPS_ENV, "12")
+    monkeypatch.setenv(STOP_AFTER_ENV, "5")
+    runs = [("two_stage_hard", 3), ("baseline_vit", 1)]
+    queue = RunQueue.create(tmp_path / "queue", runs)
+    worker = LocalWorker(COUNTING)
+    with pytest.raises(SimulatedKill):
+        worker(cfg.dump(), str(queue.root), runs)
+    assert queue.claimed_by(0) == "4242" and queue.claimed_by(1) is None
+    resubmission = worker.checkpoint(cfg.dump(), str(queue.root), runs)
+    assert queue.claimed_by(0) is None  # given back
+    assert isinstance(resubmission.function, LocalWorker) and resubmission.function.target == COUNTING
+    assert resubmission.args == (cfg.dump(), str(queue.root), runs)
+
+    monkeypatch.delenv(STOP_AFTER_ENV)
+    assert resubmission.result() == 2  # both runs, in this attempt
+    first, second = queue.outcome(0), queue.outcome(1)
+    assert first.checksum == expected_checksum(12, seed=3) and first.start_steps == (0, 5)  # resumed
+    assert second.checksum == expected_checksum(12, seed=1) and second.start_steps == (0,)
+
+
+class _Worker:
+    """What the stage's watch asks of a worker's submitit job."""
+
+    def __init__(self, job_id: str, folder: Path) -> None:
+        self.job_id, self.ended = job_id, False
+        self.paths = SimpleNamespace(stderr=folder / f"{job_id}_0_log.err")
+
+    def done(self) -> bool:
+        return self.ended
+
+    def exception(self) -> BaseException | None:
+        return None
+
+
+def test_a_run_given_back_and_retaken_follows_its_new_worker(tmp_path: Path):
+    cfg = _cfg(tmp_path, executor="local")
+    queue = RunQueue.create(tmp_path / "queue", [("baseline_vit", 0)])
+    watch = JobWatch(cfg, 1)
+    watch.follow(queue)
+    first, second = _Worker("1", tmp_path), _Worker("2", tmp_path)
+    watch.add_worker(first)
+    watch.add_worker(second)
+    assert queue.claim("1") == 0
+    assert watch.poll() == 1 and watch.entries[0].job is first
+    queue.release(0)  # the first worker timed out and gave the run back ...
+    assert queue.claim("2") == 0  # ... the second took it
+    first.ended = True
+    assert watch.poll() == 1  # still running, in the second worker: not failed with the first
+    assert watch.entries[0].job is second
+    queue.finish(0, "trained")
+    assert watch.poll() == 0 and watch.results() == ["trained"]
 
 
 def test_slurm_executor_without_slurm_commands_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -415,14 +415,15 @@ class JobWatch:
         for index, entry in enumerate(self.entries):
             if entry.ended is not None:
                 continue
-            if entry.job is None:
-                entry.job = workers.get(self.queue.claimed_by(index) or "")
-                if entry.job is None:
-                    continue
+            holder = workers.get(self.queue.claimed_by(index) or "")
+            if holder is not None and holder is not entry.job:  # taken (again, after a time-out)
+                entry.job = holder
                 self._started(entry)
+            if entry.job is None:
+                continue
             if self.queue.finished(index):
                 self._ended(entry, self.queue.outcome(index))
-            elif entry.job.done():  # the worker ended in this run: its process was killed or failed
+            elif holder is entry.job and entry.job.done():  # its worker ended in it: killed or failed
                 if self.queue.finished(index):  # ... or it wrote the result since the first look
                     self._ended(entry, self.queue.outcome(index))
                 else:
