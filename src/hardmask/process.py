@@ -1,11 +1,21 @@
-"""How hardmask's own processes end: the DVC stages, the training jobs and the evaluation workers."""
+"""How hardmask's own processes start and end: DVC stages, training jobs and evaluation workers."""
 
 from __future__ import annotations
 
 import atexit
 import gc
 
+from hardmask.console import configure_logging
+
 _registered = False
+
+
+def start_worker_process() -> None:
+    """First thing in a training job or an evaluation worker: log to its stderr (a job's log file under
+    ``<logs_dir>``, the stage's terminal for an evaluation worker), and end at once when done (the next job of
+    its slot, or the pool's shutdown, waits for that exit)."""
+    configure_logging()
+    skip_exit_collections()
 
 
 def skip_exit_collections() -> None:

@@ -42,10 +42,10 @@ from hardmask.cluster.executor import (
 )
 from hardmask.cluster.queue import RunCrashed, RunQueue
 from hardmask.config import Config, config_from_dict
-from hardmask.console import configure_logging, duration
+from hardmask.console import duration
 from hardmask.errors import HardmaskError
 from hardmask.models import check_variants
-from hardmask.process import skip_exit_collections
+from hardmask.process import start_worker_process
 
 log = logging.getLogger("hardmask.cluster")
 
@@ -154,11 +154,6 @@ def _train_run(target: str, cfg: Config, variant: str, seed: int) -> Any:
         raise
 
 
-def _job_setup() -> None:
-    configure_logging()  # the job's log file is its stderr (submitit's <logs_dir>/train/<job id>/)
-    skip_exit_collections()  # the next job of this slot starts once this process has exited
-
-
 class TrainJob(submitit.helpers.Checkpointable):
     """Callable run by every task of a job that trains one run: ``target(cfg, variant, seed, run_dir, dist)``.
 
@@ -170,7 +165,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         self.target = target
 
     def __call__(self, config: dict[str, Any], variant: str, seed: int) -> Any:
-        _job_setup()
+        start_worker_process()
         cfg = config_from_dict(config, source=f"config submitted for {variant}/seed{seed}")
         return _train_run(self.target, cfg, variant, seed)
 
@@ -193,7 +188,7 @@ class LocalWorker(submitit.helpers.Checkpointable):
 
     def __call__(self, config: dict[str, Any], queue_dir: str, runs: list[tuple[str, int]]) -> int:
         """Returns the number of runs this worker trained."""
-        _job_setup()
+        start_worker_process()
         queue = RunQueue(queue_dir, runs)
         worker = str(submitit.JobEnvironment().job_id)
         trained = 0
@@ -435,10 +430,10 @@ class JobWatch:
     def _fail_untaken_runs(self) -> None:
         """A worker that failed before taking a run (its start-up failed) is not replaced: once no worker is
         left, the runs nobody took fail with its error."""
-        for job in self.workers:
-            took_a_run = any(e.job is job for e in self.entries)
-            if self.worker_failure is None and not took_a_run and job.done() and job.exception() is not None:
-                self.worker_failure = _describe(job.exception())
+        if self.worker_failure is None:
+            for job in self.workers:
+                if job.done() and not any(e.job is job for e in self.entries) and job.exception() is not None:
+                    self.worker_failure = _describe(job.exception())
         if self.worker_failure is None or any(not job.done() for job in self.workers):
             return
         for entry in self.entries:

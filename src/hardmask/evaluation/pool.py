@@ -17,9 +17,8 @@ import pandas as pd
 
 from hardmask import layout
 from hardmask.config import Config
-from hardmask.console import configure_logging
 from hardmask.models import check_variants, get_variant
-from hardmask.process import skip_exit_collections
+from hardmask.process import start_worker_process
 
 log = logging.getLogger("hardmask.evaluate")
 
@@ -57,6 +56,5 @@ def _evaluate(cfg: Config, run_dir: Path) -> pd.DataFrame:
 def _init_worker(workers: int) -> None:
     import torch
 
-    configure_logging()
-    skip_exit_collections()  # the pool's shutdown waits for its workers to exit
+    start_worker_process()
     torch.set_num_threads(max(1, torch.get_num_threads() // workers))  # this process's share of the default
