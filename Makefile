@@ -23,10 +23,10 @@ repro: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 # Two pytest-xdist workers keep both cores of a small machine busy (TEST_WORKERS=0: one process, in order).
-# Whole files per worker: a module's shared fixture is built once, and the SLURM tests (one file) do not
-# compete for the one local node.
+# Test by test, longest first (tests/conftest.py), in the collection's order; a module that shares a fixture
+# or the one local SLURM node marks its tests as one `xdist_group`, which a single worker runs.
 test: $(STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=15 $(PYTEST_ARGS)
 
 # params.yaml is composed from conf/ (Hydra, as `dvc exp run -S ...` does); rewrite it after editing conf/.
 params: $(STAMP)

@@ -105,9 +105,17 @@ def tiny_cfg(tmp_path: Path) -> Config:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # The slow tests first: `make test` runs the test files on two workers (pytest-xdist, --dist loadfile), in
-    # the order their first test comes, so the run does not end on one long file with the other worker idle.
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise
+    # The longest first: `make test` hands the tests to two pytest-xdist workers in this order, one at a time
+    # as a worker runs short (--dist loadgroup --no-loadscope-reorder; an `xdist_group` goes whole, where its
+    # first test comes), so that the run does not end on one long test with the other worker idle.
+    items.sort(key=lambda item: -expected_seconds(item))  # stable: file order otherwise
+
+
+def expected_seconds(item: pytest.Item) -> float:
+    """About how long ``item`` keeps a worker busy on a 2-core machine (``slow(seconds=...)``, with its share
+    of module fixtures); 0 for the quick tests. Only the order of the tests depends on it."""
+    marker = item.get_closest_marker("slow")
+    return float(marker.kwargs["seconds"]) if marker is not None else 0.0
 
 
 @pytest.fixture(autouse=True)

@@ -23,6 +23,7 @@ from hardmask.config import flatten, save_config
 from .conftest import DEFAULT, REPO, make_tiny_config
 
 STAGES = ("prepare", "train", "evaluate", "report")
+pytestmark = pytest.mark.xdist_group("stage-audit")  # one worker audits the four stages
 
 
 def _resolve(text: str) -> str:
@@ -80,6 +81,15 @@ def audits(tmp_path_factory) -> dict[str, dict]:
         assert proc.returncode == 0, f"{stage} failed:\n{proc.stderr[-3000:]}"
         records[stage] = json.loads(out.read_text()) | {"work": str(work)}
     return records
+
+
+def test_the_module_runs_on_one_worker(request):
+    """Under `make test` (pytest-xdist, --dist loadgroup) this module's tests go to one worker, which audits
+    the stages once. pytest-xdist 3.8 drops the groups without a word on pytest 9.2
+    (pytest-dev/pytest-xdist#1386, hence the pin in pyproject.toml): then both workers would build the module
+    fixture, and both would run the SLURM tests on the one local node."""
+    if getattr(request.config.option, "loadgroup", False):
+        assert request.node.nodeid.endswith("@stage-audit"), request.node.nodeid
 
 
 @pytest.mark.parametrize("stage", STAGES)

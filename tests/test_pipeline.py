@@ -22,7 +22,8 @@ from .conftest import REPO, TINY_OVERRIDES
 
 DVC = shutil.which("dvc", path=str(Path(sys.executable).parent)) or shutil.which("dvc")
 pytestmark = [
-    pytest.mark.slow,
+    pytest.mark.slow(seconds=90),
+    pytest.mark.xdist_group("tiny-project"),  # one worker reproduces the tiny project for both tests
     pytest.mark.skipif(DVC is None, reason="dvc is not installed in this environment"),
 ]
 # The test's study: the tiny config, two variants x two seeds, one epoch, through the local executor.

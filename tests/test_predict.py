@@ -28,7 +28,10 @@ from .conftest import make_tiny_config
 CPU = torch.device("cpu")
 ATOL = 1e-5
 # torch 2.14 deprecates torch.jit (the export module says why it is still the format); the tests load files
-pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit\.load.* is deprecated:FutureWarning")
+pytestmark = [
+    pytest.mark.filterwarnings(r"ignore:.*torch\.jit\.load.* is deprecated:FutureWarning"),
+    pytest.mark.xdist_group("predict"),  # one worker trains the module's run
+]
 
 
 # ------------------------------------------------------------------------------------------------ fixtures

@@ -27,7 +27,8 @@ from .standins import (
     expected_checksum,
 )
 
-pytestmark = pytest.mark.slurm
+# One worker runs them all: the local SLURM node has room for one test's jobs at a time.
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
 
 ECHO = "tests.cluster.standins:echo_train"
 COUNTING = "tests.cluster.standins:counting_train"

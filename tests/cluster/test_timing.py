@@ -22,7 +22,7 @@ def test_executor_config_isolates_the_timed_run(tmp_path: Path):
     assert timed.model == cfg.model and timed.data == cfg.data  # what is timed is the configured training
 
 
-@pytest.mark.slow  # it trains two real jobs and compares their timings
+@pytest.mark.slow(seconds=17)  # it trains two real jobs and compares their timings
 def test_local_executor_record_trains_from_nothing(tmp_path: Path):
     cfg = make_tiny_config(tmp_path, train={"log_every_steps": 1000})
     generate_synthetic(cfg.data.synthetic, cfg.data_root, seed=cfg.base.seed)

@@ -13,7 +13,7 @@ from hardmask.tracking import init_tracking
 
 from ..conftest import make_tiny_config
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(seconds=8)
 
 
 def test_ddp_training_job_writes_its_run_dir_and_one_mlflow_run(tmp_path: Path, mlflow_uri: str):

@@ -70,7 +70,7 @@ def test_a_failing_job_ends_the_stage_with_its_message_and_no_traceback(tmp_path
     assert "Traceback" not in err, err
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=30)
 def test_ctrl_c_stops_cleanly_marks_the_run_killed_and_the_next_run_resumes(tmp_path: Path):
     cfg = make_tiny_config(
         tmp_path,

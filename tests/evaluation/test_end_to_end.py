@@ -16,7 +16,7 @@ from hardmask.config import save_config
 from ..conftest import REPO, make_tiny_config
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=25)
 def test_evaluate_and_report_stages_on_trained_runs(tmp_path):
     from hardmask.data import generate_synthetic
     from hardmask.training.loop import train

@@ -182,7 +182,7 @@ def test_model_output_is_a_frozen_dataclass():
         out.logits = torch.ones(1, 2)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=10)
 def test_dinov2_reg4_base_at_518_builds_and_runs():
     cfg = changed(
         PAPER.model,

@@ -26,7 +26,7 @@ from ..conftest import make_tiny_config
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
-    pytest.mark.slow,
+    pytest.mark.slow(seconds=15),
     pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed: run scripts/install_browser.sh"),
 ]
 # The MLflow version and its bundled UI come with the environment; the UI is a JavaScript app, so the page is

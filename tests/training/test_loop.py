@@ -86,7 +86,7 @@ def test_resume_mid_epoch_is_exact(tmp_path):
     _assert_same_run(full, part)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=10)
 def test_sigkill_mid_epoch_then_restart_is_exact(tmp_path):
     cfg = _prepared(tmp_path, optim={"epochs": 3})
     params = tmp_path / "params.yaml"
