@@ -115,7 +115,11 @@ def expected_seconds(item: pytest.Item) -> float:
     """About how long ``item`` keeps a worker busy on a 2-core machine (``slow(seconds=...)``, with its share
     of module fixtures); 0 for the quick tests. Only the order of the tests depends on it."""
     marker = item.get_closest_marker("slow")
-    return float(marker.kwargs["seconds"]) if marker is not None else 0.0
+    if marker is None:
+        return 0.0
+    if "seconds" not in marker.kwargs:
+        raise pytest.UsageError(f"{item.nodeid}: mark it slow(seconds=...), about how long it runs")
+    return float(marker.kwargs["seconds"])
 
 
 @pytest.fixture(autouse=True)

@@ -283,7 +283,7 @@ def test_the_gpu_count_asks_torch_only_where_a_gpu_driver_is_there(tmp_path: Pat
     assert out.strip() == "(0, False) (0, True)"
 
 
-@pytest.mark.slow(seconds=8)  # two job processes importing MLflow on two cores: ~15 s
+@pytest.mark.slow(seconds=8)  # two job processes importing MLflow on two cores
 def test_parallel_jobs_write_to_one_mlflow_store_prepared_before_submission(tmp_path: Path, mlflow_uri: str):
     from mlflow.tracking import MlflowClient
 
