@@ -416,13 +416,12 @@ class JobWatch:
                 self._started(entry)
             if entry.job is None:
                 continue
+            # the worker's state first: a worker that had ended has written any result it was going to
+            worker_ended = holder is entry.job and entry.job.done()
             if self.queue.finished(index):
                 self._ended(entry, self.queue.outcome(index))
-            elif holder is entry.job and entry.job.done():  # its worker ended in it: killed or failed
-                if self.queue.finished(index):  # ... or it wrote the result since the first look
-                    self._ended(entry, self.queue.outcome(index))
-                else:
-                    self._ended(entry, None, entry.job.exception() or RuntimeError("its worker ended"))
+            elif worker_ended:  # it ended in this run: killed or failed
+                self._ended(entry, None, entry.job.exception() or RuntimeError("its worker ended"))
             elif not entry.relayed_resume:
                 self._relay_resume(entry)
         self._fail_untaken_runs()
