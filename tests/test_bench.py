@@ -124,6 +124,10 @@ def test_loader_samples_per_second_on_the_generated_benchmark(capsys, tmp_path):
     assert [(r["measurement"], r["workers"]) for r in records] == [("train_loader", 0), ("train_loader", 1)]
     for record in records:
         assert record["samples_per_s"] > 0 and record["batches"] == 10 and record["batch"] == 4
+    # more batches than an epoch has (64 images in batches of 4): one epoch, less its untimed first batch
+    only_loader = ("--set", f"base.data_dir={tmp_path}", "--only", "train_loader", "--loader-workers", "0")
+    (whole_epoch,) = run_bench(capsys, *only_loader, "--loader-batches", "50")
+    assert whole_epoch["batches"] == 15 and whole_epoch["samples_per_s"] > 0
 
 
 def test_paper_setting_and_random_weights_are_composed_in_order():

@@ -122,7 +122,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help=f"peak TFLOP/s for the utilisation figure (default {CUDA_PEAK_TFLOPS:g} on CUDA, none on CPU)",
     )
-    parser.add_argument("--loader-batches", type=int, default=10, help="timed batches per loader measurement")
+    parser.add_argument(
+        "--loader-batches",
+        type=int,
+        default=10,
+        help="timed batches per loader measurement (one epoch at most)",
+    )
     parser.add_argument(
         "--loader-workers", default="0,2", help="comma-separated DataLoader worker counts to measure"
     )
@@ -424,7 +429,8 @@ def loader_records(cfg: Config, batch: int, args: argparse.Namespace) -> list[di
         loader = make_loader(
             SeededSamples(dataset, seed=0), batch, num_workers=workers, pin_memory=False, sampler=sampler
         )
-        wanted = min(args.loader_batches, len(sampler) - 1)  # the first batch (worker start-up) is untimed
+        # one epoch at most; its first batch (worker start-up) is untimed
+        wanted = min(args.loader_batches, sampler.batches_per_epoch - 1)
         start = time.perf_counter()
         batches = iter(loader)
         next(batches)
