@@ -15,7 +15,7 @@ from hardmask.config import config_from_dict, deep_merge, load_config
 from .conftest import REPO, _fresh_mlflow_store
 
 
-@pytest.mark.slow(seconds=120)
+@pytest.mark.slow(seconds=160)
 def test_two_stage_hard_is_more_robust_than_the_baseline(tmp_path: Path):
     from hardmask.data import generate_synthetic
 
