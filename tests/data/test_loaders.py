@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from hardmask.config import AugmentSection
 from hardmask.data import build_train_transform, make_loader
+
+from ..conftest import DEFAULT
 
 
 class _OpenCVThreads(Dataset):
@@ -38,13 +39,11 @@ def test_samples_are_loaded_with_opencv_on_one_thread(opencv_pool, num_workers: 
 
 
 def test_opencv_threads_do_not_change_an_augmented_sample(opencv_pool):
-    augment = AugmentSection(
-        hflip=0.5, degrees=15, translate=0.05, scale=(0.9, 1.1), color_jitter=0.1, planckian_jitter=0.0
-    )
-    transform = build_train_transform(64, augment)
+    size = DEFAULT.data.image_size
+    transform = build_train_transform(size, DEFAULT.data.augment)  # the default study's training augmentation
     rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    parts = rng.integers(0, 5, (64, 64), dtype=np.uint8)
+    image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    parts = rng.integers(0, 5, (size, size), dtype=np.uint8)
 
     def sample() -> dict[str, torch.Tensor]:
         transform.set_random_seed(7)
