@@ -41,7 +41,8 @@ def test_a_training_job_logs_every_epoch_with_validation_and_eta_and_the_stage_s
     assert len(epochs) == cfg.optim.epochs, _job_logs(cfg)[-2000:]
     for line in epochs:  # the job configured logging: its lines are in its log file
         assert "worst-group 0." in line or "worst-group 1." in line
-        assert " img/s, ETA " in line and "val acc " in line and "loss " in line
+        assert " img/s, waiting for data " in line and "%, validation " in line and " s, ETA " in line
+        assert "val acc " in line and "loss " in line
     said = caplog.text
     assert "started two_stage_hard/seed0 (job " in said and ".err" in said  # where its log is
     assert "finished two_stage_hard/seed0 (1/1) in " in said

@@ -58,6 +58,38 @@ def test_train_writes_outputs(tmp_path):
     assert json.loads((run_dir / "metrics.json").read_text())["variant"] == "two_stage_hard"
 
 
+def test_each_epoch_says_how_long_it_waited_for_data_and_validated(tmp_path, monkeypatch, caplog):
+    from mlflow.tracking import MlflowClient
+
+    from hardmask.data.common import GroupedImageDataset
+
+    cfg = _prepared(tmp_path)
+    delay = 0.004  # every sample of training and validation costs the loader at least this
+    get_item = GroupedImageDataset.__getitem__
+
+    def slow_item(self, index):
+        time.sleep(delay)
+        return get_item(self, index)
+
+    monkeypatch.setattr(GroupedImageDataset, "__getitem__", slow_item)
+    with caplog.at_level("INFO", logger="hardmask.train"):
+        result = train(cfg, "two_stage_hard", 0, tmp_path / "runs" / "two_stage_hard" / "seed0")
+
+    client = MlflowClient(cfg.tracking.uri)
+    spent = {
+        name: [m.value for m in client.get_metric_history(result.mlflow_run_id, f"epoch/{name}")]
+        for name in ("train_s", "data_wait_s", "validation_s")
+    }
+    lines = [r.getMessage() for r in caplog.records if "two_stage_hard/seed0 epoch " in r.getMessage()]
+    assert len(lines) == len(spent["train_s"]) == cfg.optim.epochs
+    for train_s, data_s, val_s, line in zip(*spent.values(), lines, strict=True):
+        assert 128 * delay <= data_s < train_s  # the loader's time is counted, the steps' is not
+        assert val_s >= 64 * delay
+        share = int(line.split("waiting for data ")[1].split("%")[0])
+        assert abs(share - 100 * data_s / train_s) <= 0.5 + 1e-9, line
+        assert f", validation {val_s:.1f} s, ETA " in line, line
+
+
 def test_resume_mid_epoch_is_exact(tmp_path):
     cfg = _prepared(tmp_path)
     full = tmp_path / "full"
